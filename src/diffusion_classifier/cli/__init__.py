@@ -1,0 +1,42 @@
+"""The command line: argument parsing only; every command calls the Python API and prints.
+
+Each subcommand is a module here with add_parser(subparsers) and run(args) -> exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import UserInputError
+
+#: subcommand modules, in the order `--help` lists them
+COMMANDS = ["classify"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffusion-classifier",
+        description="Zero-shot image classification with a pretrained diffusion model (Li et al., ICCV 2023).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UserInputError as exc:
+        print(f"diffusion-classifier: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffusion-classifier: interrupted", file=sys.stderr)
+        return 130

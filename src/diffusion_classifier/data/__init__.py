@@ -1,0 +1,1 @@
+"""Inputs around the estimator: images, prompt tables and templates, datasets."""

@@ -1,0 +1,133 @@
+"""The Diffusion Classifier estimator: shared trials (t, eps), batched noise-prediction errors, the ledger.
+
+Notation (SPEC.md §1): x0 the clean latent, eps ~ N(0, I) the trial noise, alpha_bar[t] the training
+schedule, x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps, and the per-trial error
+loss(eps, eps_theta(x_t, t, c)) averaged over latent elements. A candidate's score is minus its mean
+error; every candidate sees the same (t, eps) pairs, so their differences carry little Monte-Carlo noise.
+
+This module knows tensors and numbers only: the model is any DiffusionAdapter-like object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserInputError
+
+Loss = Literal["l2", "l1", "huber"]
+LOSSES: tuple[str, ...] = ("l2", "l1", "huber")
+
+
+class Trial(NamedTuple):
+    """One Monte-Carlo trial: timestep t and the index of its noise eps in the NoiseBank."""
+
+    t: int
+    noise_index: int
+
+
+def q_sample(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, with alpha_bar_t of shape (B,)."""
+    a = alpha_bar_t.view(-1, *([1] * (eps.ndim - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
+def per_sample_loss(eps: torch.Tensor, eps_pred: torch.Tensor, loss: Loss = "l2") -> torch.Tensor:
+    """The error of each trial in a batch: the mean over latent elements of l2, l1 or huber (fp32)."""
+    eps, eps_pred = eps.float(), eps_pred.float()
+    if loss == "l2":
+        err = F.mse_loss(eps_pred, eps, reduction="none")
+    elif loss == "l1":
+        err = F.l1_loss(eps_pred, eps, reduction="none")
+    elif loss == "huber":
+        err = F.huber_loss(eps_pred, eps, reduction="none")
+    else:
+        raise UserInputError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    return err.flatten(1).mean(1)
+
+
+class Pair(NamedTuple):
+    """A (candidate, trial) pair: one row of one model call."""
+
+    candidate: int
+    trial: Trial
+
+
+ErrorFn = Callable[[Sequence[Pair]], torch.Tensor]
+
+
+def model_error_fn(
+    model,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    noise,
+    loss: Loss = "l2",
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> ErrorFn:
+    """An ErrorFn that evaluates pairs with the model, batch_size pairs per call, in order.
+
+    x0 is one image's latent, cond the conditions' rows (model.condition), noise a NoiseBank. The
+    errors depend on neither the batch size nor the order: each row is computed from its own (t, eps, c).
+    """
+    alpha_bar = model.alphas_cumprod
+    x0 = x0.to(model.device, torch.float32)
+
+    @torch.inference_mode()
+    def errors(pairs: Sequence[Pair]) -> torch.Tensor:
+        out = torch.empty(len(pairs))
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start : start + batch_size]
+            t = torch.tensor([p.trial.t for p in batch])
+            eps = noise[[p.trial.noise_index for p in batch]].to(model.device)
+            x_t = q_sample(x0, eps, alpha_bar[t].to(model.device))
+            c = cond[torch.tensor([p.candidate for p in batch], device=cond.device)]
+            eps_pred = model.predict_noise(x_t.to(model.dtype), t.to(model.device), c)
+            out[start : start + len(batch)] = per_sample_loss(eps, eps_pred, loss).cpu()
+            if on_batch is not None:
+                on_batch(len(batch))
+        return out
+
+    return errors
+
+
+class ErrorLedger:
+    """Every trial evaluated for every candidate, in evaluation order, and the model calls spent.
+
+    Schedules talk only to this object: evaluate(candidates, trials) runs the same trials for each
+    given candidate (candidate-major, as the reference code packs them) and records the errors.
+    """
+
+    def __init__(self, error_fn: ErrorFn, n_candidates: int):
+        self.error_fn = error_fn
+        self.n_candidates = n_candidates
+        self.trials: list[list[Trial]] = [[] for _ in range(n_candidates)]
+        self.errors: list[list[float]] = [[] for _ in range(n_candidates)]
+        self.calls = 0
+
+    def evaluate(self, candidates: Sequence[int], trials: Sequence[Trial]) -> torch.Tensor:
+        """Errors of shape (len(candidates), len(trials)), recorded in the ledger."""
+        pairs = [Pair(c, tr) for c in candidates for tr in trials]
+        if not pairs:
+            return torch.empty(len(candidates), len(trials))
+        errs = self.error_fn(pairs).view(len(candidates), len(trials))
+        self.calls += len(pairs)
+        for row, c in zip(errs.tolist(), candidates):
+            self.trials[c].extend(trials)
+            self.errors[c].extend(row)
+        return errs
+
+    def mean_errors(self, candidates: Sequence[int] | None = None) -> torch.Tensor:
+        """Mean error over all trials so far (inf for a candidate never evaluated)."""
+        cands = range(self.n_candidates) if candidates is None else candidates
+        return torch.tensor(
+            [sum(self.errors[c]) / len(self.errors[c]) if self.errors[c] else float("inf") for c in cands]
+        )
+
+    def ranking(self) -> list[int]:
+        """Candidates best first: those evaluated on more trials (survivors) first, then by mean error."""
+        means = self.mean_errors().tolist()
+        return sorted(range(self.n_candidates), key=lambda c: (-len(self.errors[c]), means[c], c))

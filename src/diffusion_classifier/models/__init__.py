@@ -1,0 +1,124 @@
+"""Model families behind one interface, and the one factory that loads any of them by name or path."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserInputError
+from .base import DiffusionAdapter
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: detect(folder) says whether a folder holds one; load builds its adapter."""
+
+    name: str
+    detect: Callable[[Path], bool]
+    load: Callable[..., DiffusionAdapter]
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    FAMILIES[family.name] = family
+    return family
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """cuda if available, else mps, else cpu, unless asked."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserInputError(f"unknown device {device!r}; use cpu, cuda or mps") from None
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """float32 unless asked; names as in --dtype."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UserInputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_model_path(model: str) -> Path:
+    """A local folder for a builtin name, a folder path, or a hub id (from the local cache when offline)."""
+    if model.startswith("builtin:"):
+        name = model.split(":", 1)[1]
+        path = BUILTIN_DIR / name
+        if not path.is_dir():
+            raise UserInputError(f"unknown builtin model {name!r}; available: {', '.join(builtin_names()) or 'none'}")
+        return path
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserInputError(f"--model {model} is a file; give the model's folder")
+        return path
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise UserInputError(f"model folder not found: {model}")
+    return _snapshot(model)
+
+
+def _snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model", "tokenizer*", "*merges*", "*vocab*"],
+                local_files_only=offline,
+            )
+        )
+    except Exception as exc:  # the hub client raises many types; all mean "cannot get this model"
+        why = "it is not in the local cache and HF_HUB_OFFLINE is set" if offline else exc.__class__.__name__
+        raise UserInputError(f"cannot load model {repo_id!r}: {why}") from None
+
+
+def load_adapter(
+    model: str, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None, **kwargs
+) -> DiffusionAdapter:
+    """The adapter for a model name or path: the first registered family that recognises the folder."""
+    _import_families()
+    path = resolve_model_path(model)
+    dev = resolve_device(device)
+    for family in FAMILIES.values():
+        if family.detect(path):
+            log.info("loading %s as %s", path, family.name)
+            return family.load(path, dtype=resolve_dtype(dtype, dev), device=dev, **kwargs)
+    raise UserInputError(
+        f"{model}: no supported model found there (expected a diffusers pipeline folder with model_index.json, "
+        f"or a class-conditional model folder); families: {', '.join(FAMILIES)}"
+    )
+
+
+def _import_families() -> None:
+    """Import the family modules so they register themselves (kept lazy: diffusers is slow to import)."""
+    from . import stable_diffusion  # noqa: F401

@@ -1,0 +1,55 @@
+"""The small interface every model family implements for the estimator (one adapter per family)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+import torch
+
+
+class DiffusionAdapter(ABC):
+    """What the estimator needs from a conditional diffusion model trained with the eps objective.
+
+    Notation: x0 is the clean (latent) sample, alpha_bar[t] the training schedule's cumulative
+    product, x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps, and predict_noise returns
+    eps_theta(x_t, t, c). Every family quirk (VAE scaling, text encoding, learned sigma, class ids)
+    stays inside the adapter.
+    """
+
+    #: "text": conditions are prompts; "class": conditions are class names of the model.
+    conditioning: Literal["text", "class"] = "text"
+    #: Class names a class-conditional model carries (None for text models).
+    class_names: list[str] | None = None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    @property
+    @abstractmethod
+    def alphas_cumprod(self) -> torch.Tensor:
+        """alpha_bar[t] for t = 0..T-1, float32 on the CPU."""
+
+    @property
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape (C, h, w) of one x0, which is also the shape of one trial's eps."""
+
+    @abstractmethod
+    def encode(self, image: Any) -> torch.Tensor:
+        """x0 for one input image (a PIL image for image models), float32, shape latent_shape."""
+
+    @abstractmethod
+    def condition(self, conditions: list[str]) -> torch.Tensor:
+        """One row per condition (prompt embeddings, or class ids); rows are gathered per model call."""
+
+    @abstractmethod
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """eps_theta(x_t, t, c) for a batch: x_t (B, C, h, w), t (B,) long, cond (B, ...)."""
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description of the model, recorded beside results."""
+        return {"adapter": type(self).__name__}
