@@ -9,7 +9,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: on a small shared machine, oversubscribed OpenMP threads run ~20x slower, not faster.
+torch.set_num_threads(1)
 
 
 def write_tiny_clip_tokenizer(folder) -> None:
@@ -113,3 +114,28 @@ def image_files(tmp_path_factory):
         img.save(p)
         paths.append(p)
     return paths
+
+
+def build_tiny_clip(path, seed: int = 0):
+    """A tiny CLIP model folder (32 px images, 16-d projections) with tokenizer and image processor config."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=514)
+    text.update(max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    vision.update(image_size=32, patch_size=8)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    write_tiny_clip_tokenizer(path / "tokenizer_src")
+    tok = CLIPTokenizer(
+        str(path / "tokenizer_src" / "vocab.json"), str(path / "tokenizer_src" / "merges.txt"), model_max_length=77
+    )
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_path(tmp_path_factory):
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip")

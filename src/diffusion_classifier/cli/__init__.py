@@ -13,7 +13,9 @@ import sys
 from ..errors import UserInputError
 
 #: subcommand modules, in the order `--help` lists them
-COMMANDS = ["classify"]
+COMMANDS = ["classify", "train"]
+COMMANDS += ["eval", "report", "demo"]  # dataset evaluation (runs.py, report.py)
+COMMANDS += ["winoground", "match"]  # image-text matching (winoground.py, matching.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +30,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Keep stderr for our progress and errors: no weight-loading bars or config nags from the HF libraries."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("transformers", "diffusers"):
+        try:
+            lib = importlib.import_module(f"{name}.utils.logging")
+        except ImportError:
+            continue
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except UserInputError as exc:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ..data.images import load_image
+from ..data.prompts import check_labels
 from ..errors import UserInputError
 from ..pipeline import DiffusionClassifier
 from .options import (
@@ -13,6 +15,7 @@ from .options import (
     add_model_options,
     add_schedule_options,
     check_batch_size,
+    efficiency_kwargs,
     labels_from_args,
     schedule_from_args,
 )
@@ -33,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
     labels, prompts = labels_from_args(args)
     schedule = schedule_from_args(args)
     check_batch_size(args.batch_size)
+    if labels is not None:  # fail fast, before the model loads
+        check_labels(labels)
+    if len(args.images) == 1:
+        load_image(args.images[0])
+    efficiency = efficiency_kwargs(args)
     clf = DiffusionClassifier.from_pretrained(
         args.model, torch_dtype=args.dtype, device=args.device, image_size=args.image_size
     )
@@ -49,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
                 noise=args.noise_file,
                 batch_size=args.batch_size,
                 progress=sys.stderr.isatty(),
+                **efficiency,
             )
         except UserInputError as exc:
             if len(args.images) == 1:

@@ -38,7 +38,7 @@ class Candidates:
 
 def check_labels(labels: list[str]) -> list[str]:
     labels = [str(x).strip() for x in labels]
-    if not labels or not any(labels):
+    if not labels:
         raise UserInputError("no labels given: pass --labels, --labels-file or --prompts-file")
     if "" in labels:
         raise UserInputError("empty label in the label list")

@@ -1,0 +1,97 @@
+"""`diffusion-classifier demo`: the MNIST report through the eval runner (a tiny class-conditional UNet stands in)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_classifier.cli import demo, main
+from diffusion_classifier.models import BUILTIN_DIR
+from diffusion_classifier.runs import RunStore
+
+TIMESTEPS = [100, 500, 900]
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist_model(tmp_path_factory):
+    """A class-conditional UNet2DModel folder (8 px, 1 channel, classes '0'..'9') with a default schedule."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    path = tmp_path_factory.mktemp("tiny-mnist") / "model"
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        num_class_embeds=10,
+        norm_num_groups=4,
+    )
+    unet.save_pretrained(path / "unet", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(path / "scheduler")
+    config = {"class_names": [str(d) for d in range(10)], "image_size": 8, "channels": 1,
+              "default_schedule": {"timesteps": TIMESTEPS}}  # fmt: skip
+    (path / "classifier_config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def tiny_demo(tiny_mnist_model, monkeypatch):
+    monkeypatch.setattr(demo, "MODEL", str(tiny_mnist_model))
+    monkeypatch.setattr(demo, "baseline", lambda: 0.5)  # the real baseline trains a classifier: tested elsewhere
+
+
+def run_demo_json(capsys, *argv: str) -> dict:
+    capsys.readouterr()
+    assert main(["demo", *map(str, argv), "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # one final JSON object, nothing else on stdout
+    return json.loads(out[0])
+
+
+def test_demo_reports_and_resumes(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "report"
+    result = run_demo_json(capsys, "--limit", 4, "--out", out)
+    assert set(result) == {"n", "accuracy", "calls_per_image", "seconds_per_image", "baseline_accuracy"}
+    assert result["n"] == 4 and result["calls_per_image"] == 10 * len(TIMESTEPS)
+    assert result["baseline_accuracy"] == 0.5 and result["seconds_per_image"] > 0
+
+    saved = json.loads((out / "results.json").read_text())
+    images = saved["images"]
+    assert [img["index"] for img in images] == [0, 1, 2, 3]
+    assert [img["label"] for img in images] == ["0"] * 4  # the held-out split is ordered by class
+    assert result["accuracy"] == sum(img["prediction"] == img["label"] for img in images) / 4
+    for name in ("confusion.png", "error_vs_timestep.png", "accuracy_vs_calls.png"):
+        with Image.open(out / name) as img:
+            assert img.size[0] > 100
+    record = RunStore(out).records()[0]
+    assert sorted(record["errors"]) == [str(d) for d in range(10)]
+    assert record["errors"]["0"]["t"] == TIMESTEPS
+
+    before = [p.read_bytes() for p in RunStore(out).record_files()]
+    assert run_demo_json(capsys, "--limit", 4, "--out", out)["accuracy"] == result["accuracy"]  # resumed
+    assert [p.read_bytes() for p in RunStore(out).record_files()] == before
+
+    assert main(["demo", "--limit", "5", "--out", str(out)]) == 2  # other settings: refused ...
+    assert "--fresh" in capsys.readouterr().err
+    assert run_demo_json(capsys, "--limit", 5, "--out", out, "--fresh")["n"] == 5  # ... unless --fresh
+
+
+def test_demo_table_output(tiny_demo, tmp_path, capsys):
+    assert main(["demo", "--limit", "2", "--out", str(tmp_path / "r")]) == 0
+    captured = capsys.readouterr()
+    assert "accuracy" in captured.out and "model calls per image: 30" in captured.out
+    assert "baseline" in captured.out
+    assert "images" in captured.err  # the progress bar
+
+
+@pytest.mark.skipif(not (BUILTIN_DIR / "mnist").is_dir(), reason="the bundled MNIST model is not built yet")
+def test_demo_with_the_bundled_model(tmp_path, capsys):
+    result = run_demo_json(capsys, "--limit", 3, "--out", tmp_path / "r")
+    assert result["n"] == 3 and result["calls_per_image"] > 0
