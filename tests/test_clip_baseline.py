@@ -115,8 +115,32 @@ def test_winoground_baseline_beside_the_diffusion_model(tiny_sd_path, tiny_clip_
         assert ex["c0_i1"] == pytest.approx(float(logits[1, 0]), rel=1e-5)
     assert main(argv) == 0  # the baseline alone is the top-level result
     alone = json.loads(capsys.readouterr().out)
-    assert (
-        alone["scorer"] == spec
-        and alone["examples"] == pytest.approx(base["examples"])
-        or all(a == pytest.approx(b) for a, b in zip(alone["examples"], base["examples"]))
-    )
+    assert alone["scorer"] == spec and "baselines" not in alone
+    assert all(a == pytest.approx(b) for a, b in zip(alone["examples"], base["examples"], strict=True))
+
+
+def test_eval_with_a_clip_baseline_records_clip_predictions(tiny_clip_path, tmp_path, capsys):
+    """`eval --baseline clip:MODEL` classifies with "a photo of a {}." and stores records like a diffusion run."""
+    from diffusion_classifier.runs import RunStore
+
+    rng = np.random.default_rng(4)
+    classes = ["cat", "dog", "fish"]
+    files = []
+    for c in classes:
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for k in range(2):
+            files.append(tmp_path / "data" / c / f"{k}.png")
+            Image.fromarray(rng.integers(0, 256, size=(40, 36, 3), dtype=np.uint8)).save(files[-1])
+    spec = f"clip:{tiny_clip_path}"
+    argv = ["eval", "--dataset", f"folder:{tmp_path / 'data'}", "--baseline", spec, "--out", str(tmp_path / "run")]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert "|" in capsys.readouterr().out  # the summary table
+    records = RunStore(tmp_path / "run").records()
+    assert len(records) == 6 and RunStore(tmp_path / "run").read_config().model == spec
+    logits = clip_logits(tiny_clip_path, files, [f"a photo of a {c}." for c in classes])
+    for i, rec in records.items():
+        assert rec["label"] == classes[i // 2] and rec["calls"] == 0
+        assert rec["prediction"] == classes[int(logits[i].argmax())]
+        assert sum(rec["probabilities"].values()) == pytest.approx(1.0)
+    assert main(["eval", "--dataset", f"folder:{tmp_path / 'data'}", "--out", str(tmp_path / "r2")]) == 2
+    assert "--baseline" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def tiny_mnist_model(tmp_path_factory):
 @pytest.fixture
 def tiny_demo(tiny_mnist_model, monkeypatch):
     monkeypatch.setattr(demo, "MODEL", str(tiny_mnist_model))
-    monkeypatch.setattr(demo, "baseline", lambda: 0.5)  # the real baseline trains a classifier: tested elsewhere
+    monkeypatch.setattr(demo, "baseline", lambda out: 0.5)  # the real baseline trains a classifier: tested elsewhere
 
 
 def run_demo_json(capsys, *argv: str) -> dict:
@@ -95,3 +95,17 @@ def test_demo_table_output(tiny_demo, tmp_path, capsys):
 def test_demo_with_the_bundled_model(tmp_path, capsys):
     result = run_demo_json(capsys, "--limit", 3, "--out", tmp_path / "r")
     assert result["n"] == 3 and result["calls_per_image"] > 0
+
+
+def test_the_baseline_is_trained_once_per_report_folder(tmp_path, monkeypatch):
+    from diffusion_classifier import baseline as baseline_module
+
+    calls = []
+    monkeypatch.setattr(baseline_module, "baseline_accuracy", lambda seed=0: calls.append(seed) or 0.97)
+    assert demo.baseline(tmp_path) == 0.97
+    assert demo.baseline(tmp_path) == 0.97
+    assert calls == [0]
+    cached = json.loads((tmp_path / "baseline.json").read_text())
+    cached["config"]["epochs"] += 1  # the baseline's recipe changed: train again
+    (tmp_path / "baseline.json").write_text(json.dumps(cached))
+    assert demo.baseline(tmp_path) == 0.97 and calls == [0, 0]

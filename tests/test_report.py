@@ -47,7 +47,10 @@ def test_eval_then_report_equals_classify(tiny_sd_path, digit_folder, tmp_path, 
     assert "| top-1 %" in table and "6/6" in table
 
     report = json.loads(run_cli(capsys, "report", run_dir, "--json"))
-    classify = [json.loads(line) for line in run_cli(capsys, "classify", *paths, "--labels", "3", "8", "--json", *model).splitlines()]
+    classify = [
+        json.loads(line)
+        for line in run_cli(capsys, "classify", *paths, "--labels", "3", "8", "--json", *model).splitlines()
+    ]
     assert [img["index"] for img in report["images"]] == list(range(6))
     assert [img["label"] for img in report["images"]] == ["3"] * 3 + ["8"] * 3
     assert [img["prediction"] for img in report["images"]] == [c["prediction"] for c in classify]
@@ -114,5 +117,10 @@ def test_mean_per_class_accuracy_and_confusion():
     mean, lo, hi = mean_per_class_accuracy(labels, preds)
     assert mean == pytest.approx((0.75 + 0.5) / 2)
     assert lo < mean < hi
+    q = np.array([4 / 6, 2 / 4])  # (k + 1) / (n + 2): class a 3 of 4 right, class b 1 of 2
+    se = np.sqrt((q * (1 - q) / np.array([6, 4])).sum()) / 2
+    assert (lo, hi) == pytest.approx((mean - 1.959964 * se, mean + 1.959964 * se))
+    _, lo, hi = mean_per_class_accuracy(["a", "b"], ["a", "a"])  # classes at 100 % and 0 %: still uncertain
+    assert hi - lo > 0.3
     counts = confusion_matrix(labels, preds, ["a", "b"])
     assert counts.tolist() == [[3, 1], [1, 1]]

@@ -1,4 +1,4 @@
-"""Dataset evaluation runs: the crash-safe store, resume, configuration checks, datasets (in process, Gaussian model)."""
+"""Evaluation runs in process (Gaussian model): the crash-safe store, resume, configuration checks, datasets."""
 
 from __future__ import annotations
 
@@ -196,3 +196,27 @@ def test_folder_dataset_labels_are_folder_names_and_bad_files_fail_alone(tmp_pat
     with pytest.raises(Exception):  # noqa: B017 - whatever PIL raises; the runner records it as failed
         data.image(3)
     assert data.image(0).mode == "RGB"
+
+
+def test_class_model_takes_dataset_names_it_resolves_itself():
+    clf, dataset, xs = gaussian_setup(n_images=2)
+
+    class Aliased(GaussianClassModel):  # knows "zero" and "one" as other names of classes 0 and 1
+        def condition(self, conditions):
+            alias = {"zero": "0", "one": "1"}
+            return super().condition([alias.get(c, c) for c in conditions])
+
+    aliased = DiffusionClassifier(Aliased(clf.model.means, clf.model.std))
+    named = EvalDataset("gauss", "test", ["zero", "one"], lambda i: xs[i])
+    assert eval_candidates(aliased, named, (0, 1)).labels == ("zero", "one")
+    with pytest.raises(UserInputError, match="seven"):  # a name the model cannot resolve
+        eval_candidates(aliased, EvalDataset("gauss", "test", ["zero", "seven"], lambda i: xs[i]), (0, 1))
+
+
+def test_hub_datasets_fail_clearly_offline_and_without_a_public_copy(monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserInputError, match="cannot load dataset 'uoft-cs/cifar10'"):
+        open_dataset("cifar10")
+    with pytest.raises(UserInputError, match="--data-dir"):
+        open_dataset("objectnet")

@@ -1,4 +1,4 @@
-"""Real processes: a run killed with SIGKILL resumes to exactly the uninterrupted records; torchrun shards equal one process."""
+"""Real processes: a SIGKILLed run resumes to the uninterrupted records; torchrun shards equal one process."""
 
 from __future__ import annotations
 

@@ -186,6 +186,11 @@ def test_run_directory_resumes_and_ignores_a_torn_line(tiny_sd_path, wino_dir, n
     # finished: a rerun scores nothing and appends nothing
     run_json(capsys, wino_argv(tiny_sd_path, wino_dir, noise_file, out))
     assert records_file.read_bytes().splitlines(keepends=True) == after
+    # `report` reads the run directory back to the same results
+    report = run_json(capsys, ["report", str(out), "--json"])
+    assert report.pop("run") == str(out) and report == again
+    assert main(["report", str(out)]) == 0
+    assert "| all | 3 |" in capsys.readouterr().out
 
 
 def test_a_run_directory_refuses_other_settings(tiny_sd_path, wino_dir, noise_file, tmp_path, capsys):

@@ -5,7 +5,7 @@ from .estimator import ErrorLedger, Trial, per_sample_loss, q_sample
 from .models.base import DiffusionAdapter
 from .noise import NoiseBank
 from .pipeline import ClassificationResult, DiffusionClassifier
-from .schedules import PUBLISHED, Full, Staged, count_calls, get_schedule, schedule_names
+from .schedules import PUBLISHED, Full, Racing, Staged, count_calls, get_schedule, schedule_names
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ __all__ = [
     "Full",
     "NoiseBank",
     "PUBLISHED",
+    "Racing",
     "Staged",
     "Trial",
     "UserInputError",

@@ -10,6 +10,7 @@ This module knows tensors and numbers only: the model is any DiffusionAdapter-li
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 Loss = Literal["l2", "l1", "huber"]
 LOSSES: tuple[str, ...] = ("l2", "l1", "huber")
@@ -59,36 +62,59 @@ class Pair(NamedTuple):
 ErrorFn = Callable[[Sequence[Pair]], torch.Tensor]
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x on device; a copy to CUDA goes through pinned memory without blocking, so the host never waits on the GPU."""
+    if torch.device(device).type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def model_error_fn(
     model,
     x0: torch.Tensor,
     cond: torch.Tensor,
     noise,
     loss: Loss = "l2",
-    batch_size: int = 32,
+    batch_size: int | None = 32,
     on_batch: Callable[[int], None] | None = None,
 ) -> ErrorFn:
     """An ErrorFn that evaluates pairs with the model, batch_size pairs per call, in order.
 
     x0 is one image's latent, cond the conditions' rows (model.condition), noise a NoiseBank. The
     errors depend on neither the batch size nor the order: each row is computed from its own (t, eps, c).
+    batch_size None: the model's own batch_size (the fast path's fills the card), else 32.
+    Errors stay on the model's device until every call of a request is queued (one transfer, no host-device
+    synchronisation per call); errors that are not finite (fp16 overflow) are redone with model.safe().
     """
-    alpha_bar = model.alphas_cumprod
+    size = batch_size or getattr(model, "batch_size", None) or 32
+    alpha_bar = model.alphas_cumprod.to(model.device)
     x0 = x0.to(model.device, torch.float32)
+
+    def batch_errors(m, batch: Sequence[Pair]) -> torch.Tensor:
+        """The errors of one model call with adapter m, left on its device."""
+        t = to_device(torch.tensor([p.trial.t for p in batch]), m.device)
+        eps = to_device(noise[[p.trial.noise_index for p in batch]], m.device)
+        x_t = q_sample(x0, eps, alpha_bar[t])
+        c = cond[to_device(torch.tensor([p.candidate for p in batch]), cond.device)]
+        return per_sample_loss(eps, m.predict_noise(x_t.to(m.dtype), t, c), loss)
+
+    def run(m, pairs: Sequence[Pair], progress: Callable[[int], None] | None) -> torch.Tensor:
+        parts = []
+        for start in range(0, len(pairs), size):
+            batch = pairs[start : start + size]
+            parts.append(batch_errors(m, batch))
+            if progress is not None:
+                progress(len(batch))
+        return torch.cat(parts).cpu() if parts else torch.empty(0)
 
     @torch.inference_mode()
     def errors(pairs: Sequence[Pair]) -> torch.Tensor:
-        out = torch.empty(len(pairs))
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start : start + batch_size]
-            t = torch.tensor([p.trial.t for p in batch])
-            eps = noise[[p.trial.noise_index for p in batch]].to(model.device)
-            x_t = q_sample(x0, eps, alpha_bar[t].to(model.device))
-            c = cond[torch.tensor([p.candidate for p in batch], device=cond.device)]
-            eps_pred = model.predict_noise(x_t.to(model.dtype), t.to(model.device), c)
-            out[start : start + len(batch)] = per_sample_loss(eps, eps_pred, loss).cpu()
-            if on_batch is not None:
-                on_batch(len(batch))
+        out = run(model, pairs, on_batch)
+        bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
+        safe = getattr(model, "safe", lambda: None)() if bad else None
+        if safe is not None:  # overflow in half precision: those pairs again in float32, eager
+            log.warning("%d of %d errors were not finite; redoing them in %s", len(bad), len(out), safe.dtype)
+            out[bad] = run(safe, [pairs[i] for i in bad], None)
         return out
 
     return errors
@@ -101,9 +127,10 @@ class ErrorLedger:
     given candidate (candidate-major, as the reference code packs them) and records the errors.
     """
 
-    def __init__(self, error_fn: ErrorFn, n_candidates: int):
+    def __init__(self, error_fn: ErrorFn, n_candidates: int, weights: torch.Tensor | None = None):
         self.error_fn = error_fn
         self.n_candidates = n_candidates
+        self.weights = weights  # w[t] of the aggregate (weighting.weight_table); None = the plain mean
         self.trials: list[list[Trial]] = [[] for _ in range(n_candidates)]
         self.errors: list[list[float]] = [[] for _ in range(n_candidates)]
         self.calls = 0
@@ -123,9 +150,39 @@ class ErrorLedger:
     def mean_errors(self, candidates: Sequence[int] | None = None) -> torch.Tensor:
         """Mean error over all trials so far (inf for a candidate never evaluated)."""
         cands = range(self.n_candidates) if candidates is None else candidates
+        if self.weights is not None:
+            return torch.tensor([float(self.trial_values(c).mean()) if self.errors[c] else float("inf") for c in cands])
         return torch.tensor(
             [sum(self.errors[c]) / len(self.errors[c]) if self.errors[c] else float("inf") for c in cands]
         )
+
+    def trial_values(self, c: int) -> torch.Tensor:
+        """Candidate c's errors times w[t] / mean(w) over its trials: their mean is the weighted mean error.
+
+        The one place where timestep weights act; candidates on the same trials share the normalisation,
+        so differences of their values are the paired, weighted differences a test needs.
+        """
+        e = torch.tensor(self.errors[c], dtype=torch.float64)
+        if self.weights is None or not self.errors[c]:
+            return e
+        w = self.weights[[tr.t for tr in self.trials[c]]].double()
+        return e * w / w.mean()
+
+    def paired_gap(self, c: int, ref: int) -> float:
+        """(Weighted) mean of c's minus ref's errors over the trials both have: a paired, comparable gap.
+
+        Candidates dropped early have fewer trials than the winner; their plain means come from other
+        timesteps and are not comparable, their gaps on shared trials are. inf when they share none.
+        """
+        ref_errors = dict(zip(self.trials[ref], self.errors[ref]))
+        shared = [(tr, e) for tr, e in zip(self.trials[c], self.errors[c]) if tr in ref_errors]
+        if not shared:
+            return float("inf")
+        d = torch.tensor([e - ref_errors[tr] for tr, e in shared], dtype=torch.float64)
+        if self.weights is None:
+            return float(d.mean())
+        w = self.weights[[tr.t for tr, _ in shared]].double()
+        return float((w * d).sum() / w.sum())
 
     def ranking(self) -> list[int]:
         """Candidates best first: those evaluated on more trials (survivors) first, then by mean error."""

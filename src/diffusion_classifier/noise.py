@@ -19,10 +19,13 @@ class NoiseBank:
     values depend only on (seed, index, shape): never on the device, batch size or schedule.
     """
 
-    def __init__(self, shape: tuple[int, ...], seed: int = 0, table: torch.Tensor | None = None):
+    def __init__(
+        self, shape: tuple[int, ...], seed: int = 0, table: torch.Tensor | None = None, antithetic: bool = False
+    ):
         self.shape = tuple(shape)
         self.seed = seed
         self.table = table
+        self.antithetic = antithetic  # trial 2k uses eps_k and trial 2k+1 uses -eps_k (variance reduction)
         self._blocks: dict[int, torch.Tensor] = {}
         if table is not None and tuple(table.shape[1:]) != self.shape:
             raise UserInputError(
@@ -34,10 +37,18 @@ class NoiseBank:
         return cls(shape, table=load_noise_file(path))
 
     def __len__(self) -> int:
-        return len(self.table) if self.table is not None else 2**31
+        n = len(self.table) if self.table is not None else 2**31
+        return 2 * n if self.antithetic else n
 
     def __getitem__(self, indices: list[int]) -> torch.Tensor:
         """Noise for the given trial indices, float32 on the CPU, shape (len(indices), *shape)."""
+        if self.antithetic:
+            sign = torch.tensor([1.0 - 2.0 * (i % 2) for i in indices]).view(-1, *([1] * len(self.shape)))
+            return self._draw([i // 2 for i in indices]) * sign
+        return self._draw(indices)
+
+    def _draw(self, indices: list[int]) -> torch.Tensor:
+        """eps_i for each index: a row of the table, or seeded."""
         if self.table is not None:
             if indices and max(indices) >= len(self.table):
                 raise UserInputError(

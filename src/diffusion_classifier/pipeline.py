@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .calibration import check_temperature, elbo_scale, probabilities
 from .data.images import load_image
 from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_labels, from_template
 from .errors import UserInputError
@@ -18,6 +19,7 @@ from .estimator import ErrorLedger, Loss, model_error_fn
 from .models.base import DiffusionAdapter
 from .noise import NoiseBank, load_noise_file
 from .schedules import DEFAULT_SCHEDULE, Schedule, count_calls, get_schedule
+from .weighting import TimestepWeights, weight_table
 
 
 @dataclass
@@ -26,7 +28,7 @@ class ClassificationResult:
 
     image: str | None
     prediction: str
-    scores: list[dict[str, Any]]  # [{"label", "score"}], best first; score = -mean error
+    scores: list[dict[str, Any]]  # [{"label", "score", "probability"}], best first; score = -mean error
     errors: dict[str, dict[str, list]]  # key -> {"timesteps": [...], "values": [...]}, evaluation order
     calls: int
     seconds: float
@@ -62,15 +64,26 @@ class DiffusionClassifier:
         self.model = model
         self._cond_cache: dict[str, torch.Tensor] = {}
         self._noise: dict[Any, NoiseBank] = {}
+        self._shortlists: dict[str, Any] = {}
 
     @classmethod
     def from_pretrained(
-        cls, model: str | Path, torch_dtype: torch.dtype | str | None = None, device: str | None = None, **kwargs
+        cls,
+        model: str | Path,
+        torch_dtype: torch.dtype | str | None = None,
+        device: str | None = None,
+        fast: bool | None = None,
+        **kwargs,
     ) -> DiffusionClassifier:
-        """Load a model by hub id, local folder or builtin name (see models.load_adapter)."""
+        """Load a model by hub id, local folder or builtin name (see models.load_adapter).
+
+        fast: the fast inference path (fast.py: fp16, compiled, static shapes, fp32 redo of overflows);
+        None turns it on where it is safe (CUDA) and leaves it off elsewhere.
+        """
+        from .fast import apply_fast
         from .models import load_adapter
 
-        return cls(load_adapter(str(model), dtype=torch_dtype, device=device, **kwargs))
+        return cls(apply_fast(load_adapter(str(model), dtype=torch_dtype, device=device, **kwargs), fast))
 
     def candidates(
         self,
@@ -87,15 +100,18 @@ class DiffusionClassifier:
             return from_labels(labels if labels is not None else list(self.model.class_names or []))
         return from_template(labels or [], template or DEFAULT_TEMPLATE)
 
-    def noise_bank(self, seed: int = 0, noise: str | Path | torch.Tensor | None = None) -> NoiseBank:
+    def noise_bank(
+        self, seed: int = 0, noise: str | Path | torch.Tensor | None = None, antithetic: bool = False
+    ) -> NoiseBank:
         """The trial noise: from a file or tensor when given, else seeded; cached per source."""
         key = ("file", str(noise)) if noise is not None and not isinstance(noise, torch.Tensor) else ("seed", seed)
+        key = (*key, antithetic)
         if isinstance(noise, torch.Tensor):
-            return NoiseBank(self.model.latent_shape, table=noise.float())
+            return NoiseBank(self.model.latent_shape, table=noise.float(), antithetic=antithetic)
         if key not in self._noise:
             shape = self.model.latent_shape
             table = load_noise_file(noise) if noise is not None else None
-            self._noise[key] = NoiseBank(shape, seed=seed, table=table)
+            self._noise[key] = NoiseBank(shape, seed=seed, table=table, antithetic=antithetic)
         return self._noise[key]
 
     def conditions(self, conditions: tuple[str, ...]) -> torch.Tensor:
@@ -117,16 +133,32 @@ class DiffusionClassifier:
         loss: Loss | None = None,
         seed: int = 0,
         noise: str | Path | torch.Tensor | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
         progress: bool = False,
+        weights: str | Path | TimestepWeights | torch.Tensor | None = None,
+        temperature: float | None = None,
+        shortlist: str | None = None,
+        shortlist_k: int = 20,
     ) -> ClassificationResult:
-        """Classify one image (a path, a PIL image, or what the adapter's encode takes)."""
+        """Classify one image (a path, a PIL image, or what the adapter's encode takes).
+
+        weights: timestep weighting of the mean error ('uniform', 'exp', a weights JSON file; weighting.py).
+        temperature: divides the ELBO-scaled logits of the probabilities (default: the model's, else 1).
+        shortlist: 'clip:MODEL' ranks the labels with CLIP first; only the top shortlist_k are classified.
+        batch_size: pairs per model call; None lets the model choose (the fast path fills the card), else 32.
+        """
         began = time.perf_counter()
+        if temperature is not None:
+            check_temperature(temperature)  # before any model work
         cands = self.candidates(labels, template, prompts)
         sched, loss = resolve_schedule(schedule, loss, getattr(self.model, "default_schedule", DEFAULT_SCHEDULE))
         name = str(image) if isinstance(image, (str, Path)) else None
         if isinstance(image, (str, Path)):
             image = load_image(image)
+        extra: dict[str, Any] = {}
+        if shortlist is not None:
+            cands = self.shortlist(shortlist).select(image, cands, shortlist_k)
+            extra["shortlist"] = cands.unique_labels
         x0 = self.model.encode(image)
         cond = self.conditions(cands.conditions)
         T = self.model.num_train_timesteps
@@ -138,20 +170,43 @@ class DiffusionClassifier:
             file=sys.stderr,
             leave=False,
         ) as bar:
-            error_fn = model_error_fn(
-                self.model, x0, cond, self.noise_bank(seed, noise), loss, batch_size, on_batch=bar.update
-            )
-            ledger = ErrorLedger(error_fn, len(cands))
+            bank = self.noise_bank(seed, noise, antithetic=getattr(sched, "antithetic", False))
+            error_fn = model_error_fn(self.model, x0, cond, bank, loss, batch_size, on_batch=bar.update)
+            ledger = ErrorLedger(error_fn, len(cands), weights=weight_table(weights, T))
             sched.run(ledger, T)
-        return summarize(ledger, cands, name, time.perf_counter() - began)
+        tau = temperature if temperature is not None else getattr(self.model, "default_temperature", 1.0)
+        scale = elbo_scale(self.model.latent_shape, T) / tau
+        result = summarize(ledger, cands, name, time.perf_counter() - began, logit_scale=scale)
+        result.extra.update(extra)
+        return result
+
+    def shortlist(self, spec: str):
+        """The ClipShortlist for a 'clip:MODEL' spec, loaded once per classifier."""
+        from .shortlist import ClipShortlist, parse_shortlist
+
+        if spec not in self._shortlists:
+            self._shortlists[spec] = ClipShortlist(parse_shortlist(spec), device=self.model.device)
+        return self._shortlists[spec]
 
 
-def summarize(ledger: ErrorLedger, cands: Candidates, image: str | None, seconds: float) -> ClassificationResult:
-    """The result of a finished ledger: labels ranked by their best candidate, scores, all errors."""
+def summarize(
+    ledger: ErrorLedger, cands: Candidates, image: str | None, seconds: float, logit_scale: float = 1.0
+) -> ClassificationResult:
+    """The result of a finished ledger: labels ranked by their best candidate, scores, all errors.
+
+    Each label's probability is softmax(-logit_scale * gap) over the labels' best candidates, where gap is
+    the paired mean error difference to the winner on their shared trials (calibration.py: logit_scale =
+    T d / 2 / temperature); the winner's gap is 0.
+    """
     means = ledger.mean_errors().tolist()
     scores: dict[str, float] = {}
-    for c in ledger.ranking():
-        scores.setdefault(cands.labels[c], -means[c])
+    gaps: list[float] = []
+    ranking = ledger.ranking()
+    for c in ranking:
+        if cands.labels[c] not in scores:
+            scores[cands.labels[c]] = -means[c]
+            gaps.append(ledger.paired_gap(c, ranking[0]))
+    probs = probabilities(torch.tensor(gaps, dtype=torch.float64), logit_scale).tolist()
     errors = {
         key: {"timesteps": [tr.t for tr in ledger.trials[c]], "values": ledger.errors[c]}
         for c, key in enumerate(cands.keys())
@@ -159,7 +214,7 @@ def summarize(ledger: ErrorLedger, cands: Candidates, image: str | None, seconds
     return ClassificationResult(
         image=image,
         prediction=next(iter(scores)),
-        scores=[{"label": k, "score": v} for k, v in scores.items()],
+        scores=[{"label": k, "score": v, "probability": p} for (k, v), p in zip(scores.items(), probs)],
         errors=errors,
         calls=ledger.calls,
         seconds=seconds,

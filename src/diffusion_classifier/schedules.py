@@ -7,12 +7,14 @@ some candidates, reads the mean errors back, and stops. The ledger's ranking is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 import torch
 
 from .errors import UserInputError
 from .estimator import ErrorLedger, Loss, Trial
+from .timesteps import ORDERS, ordered_grid
 
 
 class Schedule(Protocol):
@@ -32,6 +34,13 @@ def master_grid(max_n: int, T: int = 1000) -> list[int]:
 def stage_grid(grid: list[int], n: int) -> list[int]:
     """The n timesteps of one stage, taken from the master grid with the reference arithmetic."""
     return grid[len(grid) // n // 2 :: len(grid) // n][:n]
+
+
+def interval_grid(t_interval: int, T: int = 1000) -> tuple[int, ...]:
+    """range(t_interval // 2, T, t_interval): the DiT and Winoground scripts' timesteps (SPEC.md §3, §4)."""
+    if not 1 <= t_interval <= T:
+        raise UserInputError(f"--t-interval must lie between 1 and {T}, got {t_interval}")
+    return tuple(range(t_interval // 2, T, t_interval))
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,83 @@ class Staged:
         return max(self.n_samples) * self.n_trials
 
 
+def paired_t_pvalues(values: torch.Tensor, best: int) -> torch.Tensor:
+    """One-sided paired t-test p-values that each row's mean exceeds row `best`'s (values: (m, n) trials).
+
+    d_k = values[i, k] - values[best, k]; t = mean(d) / (sd(d) / sqrt(n)) with n - 1 degrees of freedom.
+    A row identical to the best one gets p = 1; a constant positive difference gets p = 0.
+    """
+    from scipy.special import stdtr  # Student's t CDF; scipy comes with scikit-learn, imported late (slow)
+
+    d = (values - values[best]).double()
+    n = d.shape[1]
+    mean, sd = d.mean(1), d.std(1) if n > 1 else torch.zeros(len(d), dtype=torch.float64)
+    stat = torch.where(sd > 0, mean / (sd / n**0.5), torch.where(mean > 0, torch.inf, -torch.inf))
+    return torch.from_numpy(stdtr(max(n - 1, 1), -stat.numpy()))
+
+
+@lru_cache(maxsize=64)
+def _racing_trials(n_t: int, T: int, order: str, cap: int, antithetic: bool) -> tuple[Trial, ...]:
+    ts = ordered_grid(master_grid(n_t, T), order)
+    return tuple(Trial(ts[i // 2] if antithetic else ts[i], i) for i in range(cap))
+
+
+@dataclass(frozen=True)
+class Racing:
+    """Sequential paired elimination ("racing"), after Clark & Jaini 2023 (paired t-test, p < 2e-3).
+
+    Rounds of round_trials trials are shared by all remaining candidates; from min_trials on, after each
+    round a candidate is dropped when a one-sided paired t-test says its (weighted) error exceeds the
+    current best's at level alpha. It stops when one candidate remains, or after cap trials, where the
+    lowest mean wins. Trial i uses noise i and the i-th timestep of a stratified order of the cap-point
+    grid, so any prefix spreads over [0, T). antithetic: trials 2k and 2k+1 share a timestep and use
+    eps_k and -eps_k (the NoiseBank must be antithetic too; the pipeline arranges that), and the test
+    sees each complete pair's mean as one observation.
+    alpha is per comparison and per look (no correction for repeated looks): see docs/efficiency.md.
+    """
+
+    alpha: float = 0.002
+    cap: int = 500
+    round_trials: int = 5
+    min_trials: int = 10
+    order: str = "stratified"
+    antithetic: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise UserInputError(f"--alpha must lie between 0 and 1, got {self.alpha}")
+        if self.cap < 1 or self.round_trials < 1 or self.min_trials < 2:
+            raise UserInputError("--max-trials and the round size must be positive, min_trials at least 2")
+        if self.order not in ORDERS:
+            raise UserInputError(f"unknown timestep order {self.order!r}; choose one of {', '.join(ORDERS)}")
+
+    def trials(self, T: int) -> tuple[Trial, ...]:
+        """Trial i: the i-th timestep of the ordered grid (each twice when antithetic), noise i."""
+        n_t = -(-self.cap // 2) if self.antithetic else self.cap
+        if n_t > T:
+            raise UserInputError(f"--max-trials {self.cap} exceeds the model's {T} timesteps")
+        return _racing_trials(n_t, T, self.order, self.cap, self.antithetic)
+
+    def run(self, ledger: ErrorLedger, T: int) -> None:
+        trials = self.trials(T)
+        remaining = list(range(ledger.n_candidates))
+        done = 0
+        while done < len(trials) and (len(remaining) > 1 or done == 0):
+            step = trials[done : done + self.round_trials]
+            ledger.evaluate(remaining, step)
+            done += len(step)
+            if done >= self.min_trials and len(remaining) > 1:
+                values = torch.stack([ledger.trial_values(c) for c in remaining])
+                if self.antithetic:  # a pair (eps, -eps) is one observation: its two errors are dependent
+                    values = values[:, : done // 2 * 2].reshape(len(remaining), -1, 2).mean(2)
+                best = int(values.mean(1).argmin())
+                keep = paired_t_pvalues(values, best) >= self.alpha
+                remaining = [c for c, k in zip(remaining, keep.tolist()) if k]
+
+    def max_trials(self, T: int) -> int:
+        return self.cap
+
+
 #: The published per-dataset schedules and losses (SPEC.md §2): name -> (schedule, loss).
 PUBLISHED: dict[str, tuple[Staged, Loss]] = {
     "cifar10": (Staged((50, 500), (5, 1)), "l1"),
@@ -148,4 +234,4 @@ def check_timesteps(timesteps, T: int) -> None:
         raise UserInputError(f"timestep {bad[0]} is outside the model's range 0..{T - 1}")
 
 
-SCHEDULES: dict[str, tuple[Schedule, Loss]] = {"default": DEFAULT_SCHEDULE, **PUBLISHED}
+SCHEDULES: dict[str, tuple[Schedule, Loss]] = {"default": DEFAULT_SCHEDULE, **PUBLISHED, "racing": (Racing(), "l2")}

@@ -15,7 +15,9 @@ from ..errors import UserInputError
 #: subcommand modules, in the order `--help` lists them
 COMMANDS = ["classify", "train"]
 COMMANDS += ["eval", "report", "demo"]  # dataset evaluation (runs.py, report.py)
+COMMANDS += ["calibrate"]  # timestep weights and temperature (fitting.py)
 COMMANDS += ["winoground", "match"]  # image-text matching (winoground.py, matching.py)
+COMMANDS += ["bench"]  # throughput: reference vs fast path (throughput.py, fast.py)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         load_image(args.images[0])
     efficiency = efficiency_kwargs(args)
     clf = DiffusionClassifier.from_pretrained(
-        args.model, torch_dtype=args.dtype, device=args.device, image_size=args.image_size
+        args.model, torch_dtype=args.dtype, device=args.device, image_size=args.image_size, fast=args.fast
     )
     candidates = clf.candidates(labels, args.template, prompts)  # bad labels fail before any image work
     failed = 0
@@ -75,4 +75,4 @@ def run(args: argparse.Namespace) -> int:
 def print_table(result, top: int) -> None:
     print(f"{result.image}: {result.prediction}  ({result.calls} calls, {result.seconds:.1f} s)")
     for rank, s in enumerate(result.scores[:top], start=1):
-        print(f"  {rank:>3}. {s['label']:<30} {s['score']:.6f}")
+        print(f"  {rank:>3}. {s['label']:<30} {s['score']:.6f}  p={s.get('probability', float('nan')):.3f}")

@@ -23,6 +23,8 @@ class DiffusionAdapter(ABC):
     class_names: list[str] | None = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    #: The attribute holding the network predict_noise calls, which the fast path (fast.py) casts and compiles.
+    denoiser_attr: str | None = None
 
     @property
     @abstractmethod
@@ -49,6 +51,10 @@ class DiffusionAdapter(ABC):
     @property
     def num_train_timesteps(self) -> int:
         return len(self.alphas_cumprod)
+
+    def safe(self) -> DiffusionAdapter | None:
+        """The same model in a numerically safe mode (float32, eager) to redo overflowed errors; None: no fallback."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description of the model, recorded beside results."""

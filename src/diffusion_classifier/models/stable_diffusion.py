@@ -20,6 +20,7 @@ class StableDiffusionModel(DiffusionAdapter):
     """x0 = VAE posterior mean x scaling_factor; conditions = CLIP embeddings of max-length-padded prompts."""
 
     conditioning = "text"
+    denoiser_attr = "unet"
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, image_size: int | None = None, name: str = ""):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer

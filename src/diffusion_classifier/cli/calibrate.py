@@ -1,0 +1,53 @@
+"""`diffusion-classifier calibrate`: fit timestep weights and the probabilities' temperature on labelled images."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..data.datasets import open_dataset
+from ..errors import UserInputError
+from ..fitting import calibrate
+from ..pipeline import DiffusionClassifier
+from .options import add_model_options, check_batch_size
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit timestep weights (--weights) and a temperature on labelled images")
+    add_model_options(p)
+    p.add_argument("--data", required=True, help="labelled images: folder:PATH (one subfolder per label), ...")
+    p.add_argument("--split", default=None, help="dataset split")
+    p.add_argument("--per-class", type=int, default=5, help="images per label used for fitting (default 5)")
+    p.add_argument("--trials", type=int, default=100, help="stratified trials per label and image (default 100)")
+    p.add_argument("--template", default=None, help="prompt template for text models")
+    p.add_argument("--seed", type=int, default=0, help="seed of the trial noise (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="(label, trial) pairs per model call")
+    p.add_argument("--out", required=True, metavar="FILE", help="weights JSON to write (use it with --weights)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_batch_size(args.batch_size)
+    if not 2 <= args.trials <= 500:
+        raise UserInputError(f"--trials must lie in 2..500, got {args.trials}")
+    data = open_dataset(args.data, args.split)
+    rows = [i for c in data.class_names for i in [j for j, y in enumerate(data.labels) if y == c][: args.per_class]]
+    clf = DiffusionClassifier.from_pretrained(
+        args.model, torch_dtype=args.dtype, device=args.device, image_size=args.image_size
+    )
+    kw = {"template": args.template} if args.template else {}
+    cal = calibrate(
+        clf,
+        [data.image(i) for i in rows],
+        list(data.class_names),
+        [data.labels[i] for i in rows],
+        n_trials=args.trials,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        **kw,
+    )
+    cal.save(args.out)
+    print(f"wrote {args.out} ({len(rows)} images, {args.trials} trials per label)")
+    print(f"  weights per bin: {', '.join(f'{v:.3g}' for v in cal.weights.values)}")
+    print(f"  temperature: {cal.temperature:.4g} with these weights (--weights {args.out} --temperature ...)")
+    print(f"  temperature: {cal.temperature_uniform:.4g} with uniform weights")
+    return 0

@@ -1,0 +1,136 @@
+"""`diffusion-classifier demo`: classify the 1,000 held-out MNIST digits with the bundled model, offline, on CPU.
+
+The demo is an ordinary run (the same runner as `eval --dataset builtin:mnist --model builtin:mnist`)
+whose run directory is the report folder. Rerunning it into the same folder resumes; with other
+settings (say another --limit) it refuses unless --fresh, which deletes the previous demo's records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..data.datasets import open_dataset, select_indices
+from ..errors import UserInputError
+from ..estimator import Loss
+from ..pipeline import DiffusionClassifier
+from ..report import run_json, summarize_run, write_figures
+from ..runs import EvalJob, RunStore, eval_candidates, make_config, run_eval, write_atomic
+from ..schedules import Full, Schedule
+from .options import check_batch_size
+
+MODEL = "builtin:mnist"
+DATASET = "builtin:mnist"
+#: The demo's schedule: the one place to change it. None uses the bundled model's default_schedule,
+#: and FALLBACK_SCHEDULE where the model carries none.
+DEMO_SCHEDULE: tuple[Schedule, Loss] | None = None
+FALLBACK_SCHEDULE: tuple[Schedule, Loss] = (Full(tuple(range(50, 1000, 100))), "l2")  # 10 timesteps: 100 calls
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="classify the held-out MNIST digits with the bundled model (offline, CPU)",
+        description="Runs the bundled MNIST diffusion model as a zero-shot classifier on the 1,000 held-out "
+        "digits and writes a report folder. Rerunning into the same folder resumes.",
+    )
+    p.add_argument("--out", default="demo-report", help="report folder (default demo-report/)")
+    p.add_argument("--limit", type=int, default=None, help="classify only the first N test digits")
+    p.add_argument("--json", action="store_true", help="print one final JSON object")
+    p.add_argument("--fresh", action="store_true", help="delete an earlier demo's records in --out first")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the trial noise (default 0)")
+    p.add_argument("--batch-size", type=int, default=100, help="(label, trial) pairs per model call")
+    p.set_defaults(func=run)
+
+
+def demo_schedule(clf: DiffusionClassifier) -> tuple[Schedule, Loss]:
+    return DEMO_SCHEDULE or getattr(clf.model, "default_schedule", None) or FALLBACK_SCHEDULE
+
+
+def run(args: argparse.Namespace) -> int:
+    check_batch_size(args.batch_size)
+    result = run_demo(Path(args.out), args.limit, args.seed, args.device, args.batch_size, args.fresh)
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("n", "accuracy", "calls_per_image", "seconds_per_image",
+                                                   "baseline_accuracy")}))  # fmt: skip
+    else:
+        base = result["baseline_accuracy"]
+        print(f"MNIST held-out digits: {result['n']} classified, accuracy {_pct(result['accuracy'])}")
+        print(f"model calls per image: {result['calls_per_image']:.0f}, seconds per image: "
+              f"{result['seconds_per_image']:.3f}")  # fmt: skip
+        if base is not None:
+            print(f"discriminative baseline on the same split: {_pct(base)}")
+        print(f"report: {result['out']}")
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def run_demo(
+    out: Path, limit: int | None, seed: int = 0, device: str = "cpu", batch_size: int = 100, fresh: bool = False
+) -> dict[str, Any]:
+    """Evaluate (or resume), then write results.json and the figures into out; the numbers."""
+    clf = DiffusionClassifier.from_pretrained(MODEL, device=device)
+    dataset = open_dataset(DATASET)
+    indices = select_indices(len(dataset), limit)
+    schedule, loss = demo_schedule(clf)
+    job = EvalJob(
+        dataset=dataset,
+        indices=indices,
+        candidates=eval_candidates(clf, dataset, indices),
+        schedule=schedule,
+        loss=loss,
+        seed=seed,
+        batch_size=batch_size,
+        save_errors=True,  # the error-vs-timestep figure needs them; 1,000 digits x 100 trials is small
+    )
+    store = RunStore(out)
+    if fresh:
+        store.clear()
+    try:
+        store.claim(make_config(MODEL, job, limit=limit, model_info=clf.model.describe()))
+    except UserInputError:
+        raise UserInputError(
+            f"{out} holds a demo run with other settings; pass --fresh to replace it, or choose another --out"
+        ) from None
+    run_eval(clf, job, store, progress=True)
+    summary = summarize_run(store)
+    result = {
+        "n": summary.n,
+        "accuracy": None if math.isnan(summary.top1) else summary.top1,
+        "calls_per_image": summary.calls_per_image,
+        "seconds_per_image": summary.seconds_per_image,
+        "baseline_accuracy": baseline(out),
+        "out": str(out),
+    }
+    write_atomic(out / "results.json", json.dumps({**result, **run_json(store)}, indent=1) + "\n")
+    write_figures(store)
+    return result
+
+
+def baseline(out: Path) -> float | None:
+    """The discriminative baseline's accuracy on the same 1,000 digits (None if it is not available).
+
+    Training it takes a while on a CPU and its result depends only on its config, so the value is
+    cached in out/baseline.json beside that config.
+    """
+    try:
+        from ..baseline import BaselineConfig, baseline_accuracy
+    except ImportError:
+        return None
+    config = asdict(BaselineConfig(seed=0))
+    cache = out / "baseline.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("config") == config:
+            return float(saved["accuracy"])
+    accuracy = float(baseline_accuracy(seed=0))
+    write_atomic(cache, json.dumps({"config": config, "accuracy": accuracy}) + "\n")
+    return accuracy

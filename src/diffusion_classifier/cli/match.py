@@ -1,0 +1,117 @@
+"""`diffusion-classifier match`: the score matrix of images x captions, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+
+from ..errors import UserInputError
+from ..matching import DiffusionMatcher, MatchResult, PairScorer, match
+from ..schedules import interval_grid
+from .options import add_model_options, check_batch_size
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "match",
+        help="score every image against every caption (image-text matching)",
+        description="Score = minus the mean noise-prediction error over t in range(K // 2, 1000, K), the i-th "
+        "timestep with noise i, the same noise for every pair (higher = better match).",
+    )
+    p.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="image files")
+    p.add_argument("--captions", nargs="+", required=True, metavar="TEXT", help="captions (used as the prompts)")
+    add_scorer_options(p, t_interval=10)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object per scorer on stdout")
+    out.add_argument("--csv", action="store_true", help="CSV on stdout: scorer, image, then one column per caption")
+    p.set_defaults(func=run)
+
+
+def add_scorer_options(p: argparse.ArgumentParser, t_interval: int) -> None:
+    """--model and the diffusion scoring options, and --baseline; shared with `winoground`."""
+    add_model_options(p, required=False)
+    g = p.add_argument_group("scoring")
+    g.add_argument(
+        "--t-interval",
+        type=int,
+        default=t_interval,
+        metavar="K",
+        help=f"timesteps range(K // 2, 1000, K): 1000 / K model calls per pair (default {t_interval})",
+    )
+    g.add_argument("--seed", type=int, default=None, help="seed of the trial noise (default 0)")
+    g.add_argument("--noise-file", default=None, help="a [N, C, h, w] noise tensor (.pt or .npy) instead of --seed")
+    g.add_argument("--loss", choices=["l2", "l1", "huber"], default="l2", help="per-trial loss (default l2)")
+    g.add_argument(
+        "--normalize", action="store_true", help="subtract the unconditional (empty prompt) error, trial by trial"
+    )
+    g.add_argument("--batch-size", type=int, default=32, help="(caption, trial) pairs per model call")
+    g.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="clip:MODEL",
+        help="also score with a CLIP model (hub id or folder); repeatable; alone, it replaces --model",
+    )
+
+
+def scorers_from_args(args: argparse.Namespace) -> list[PairScorer]:
+    """The diffusion scorer of --model (if given) first, then each --baseline."""
+    from ..clip_baseline import ClipMatcher, parse_baseline
+
+    if args.model is None and not args.baseline:
+        raise UserInputError("give --model (a diffusion model), --baseline clip:MODEL, or both")
+    for spec in args.baseline:
+        parse_baseline(spec)  # a bad spec fails before any model loads
+    check_batch_size(args.batch_size)
+    if args.seed is not None and args.noise_file is not None:
+        raise UserInputError("give only one of --seed and --noise-file")
+    seed = 0 if args.seed is None else args.seed
+    scorers: list[PairScorer] = []
+    if args.model is not None:
+        from ..pipeline import DiffusionClassifier
+
+        clf = DiffusionClassifier.from_pretrained(
+            args.model, torch_dtype=args.dtype, device=args.device, image_size=args.image_size
+        )
+        timesteps = interval_grid(args.t_interval, clf.model.num_train_timesteps)
+        scorers.append(
+            DiffusionMatcher(clf, timesteps, seed, args.noise_file, args.loss, args.normalize, args.batch_size)
+        )
+    scorers += [ClipMatcher.from_spec(spec, args.device) for spec in args.baseline]
+    return scorers
+
+
+def run(args: argparse.Namespace) -> int:
+    scorers = scorers_from_args(args)
+    results = [match(s, args.images, args.captions, progress=sys.stderr.isatty()) for s in scorers]
+    if args.json:
+        for r in results:
+            print(json.dumps(r.to_dict()))
+    elif args.csv:
+        write_csv(results)
+    else:
+        for r in results:
+            print_table(r)
+    return 0
+
+
+def write_csv(results: list[MatchResult]) -> None:
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(["scorer", "image", *results[0].captions])
+    for r in results:
+        for image, row in zip(r.images, r.scores):
+            w.writerow([r.scorer, image, *(f"{s:.8g}" for s in row)])
+
+
+def print_table(r: MatchResult) -> None:
+    """Images down, captions across (numbered, listed below); * marks each image's best caption."""
+    print(f"{r.scorer}: score = higher is a better match")
+    width = max(len(x) for x in r.images)
+    print(" " * width + "".join(f"  {'caption ' + str(j):>14}" for j in range(len(r.captions))))
+    for image, row, best in zip(r.images, r.scores, r.best_caption()):
+        cells = "".join(f"  {s:>13.6f}{'*' if j == best else ' '}" for j, s in enumerate(row))
+        print(f"{image:<{width}}{cells}")
+    for j, c in enumerate(r.captions):
+        print(f"  caption {j}: {c}")

@@ -1,0 +1,72 @@
+"""`diffusion-classifier report`: a markdown table comparing runs, figures, or the JSON view of runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .. import figures, winoground
+from ..report import accuracy_point, markdown_table, run_json, summarize_run, write_figures
+from ..runs import RunStore
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="summarise run directories (finished or not)",
+        description="Top-1 (95%% Wilson interval), mean per-class accuracy (95%% normal approximation), "
+        "calls and seconds per image, as a markdown table; figures go into each RUN_DIR or --out.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `eval`")
+    p.add_argument("--out", default=None, help="write all figures here instead of into each RUN_DIR")
+    p.add_argument("--no-figures", action="store_true", help="print the table only")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON instead: one object for one RUN_DIR, one object per line for several",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if any(winoground.is_winoground_run(d) for d in args.runs):
+        return run_winoground_reports(args)
+    stores = [RunStore(d) for d in args.runs]
+    for store in stores:
+        store.require_config()  # a wrong path fails before any output
+    if args.json:
+        for store in stores:
+            print(json.dumps(run_json(store)))
+        return 0
+    print(markdown_table([summarize_run(s) for s in stores]))
+    if not args.no_figures:
+        for path in write_all_figures(stores, Path(args.out) if args.out else None):
+            print(f"wrote {path}")
+    return 0
+
+
+def write_all_figures(stores: list[RunStore], out: Path | None) -> list[Path]:
+    """Each run's figures (into its directory, or --out with the run's name as prefix); with --out and
+    several runs, also one accuracy-vs-calls figure comparing them."""
+    paths: list[Path] = []
+    for store in stores:
+        prefix = f"{store.dir.name}-" if out is not None and len(stores) > 1 else ""
+        paths += write_figures(store, out, prefix)
+    if out is not None and len(stores) > 1:
+        points = {s.dir.name: accuracy_point(s) for s in stores if summarize_run(s).n}
+        if points:
+            paths.append(figures.accuracy_calls_figure(points, out / "accuracy_vs_calls.png"))
+    return paths
+
+
+def run_winoground_reports(args: argparse.Namespace) -> int:
+    """Winoground run directories (written by `winoground --out`): their score tables, or their JSON."""
+    summaries = [winoground.summarize_run(d) for d in args.runs]  # a run of another kind fails here, first
+    for run_dir, scorers in zip(args.runs, summaries):
+        if args.json:
+            print(json.dumps({"run": run_dir, **winoground.results_json(scorers)}))
+        else:
+            print(f"## {run_dir}\n")
+            print("\n".join(winoground.markdown_table(s) for s in scorers))
+    return 0

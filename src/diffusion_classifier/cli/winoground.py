@@ -1,0 +1,79 @@
+"""`diffusion-classifier winoground`: text, image and group scores on Winoground, with CLIP baselines beside."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..matching import DiffusionMatcher
+from ..runs import RunStore
+from ..winoground import (
+    WinogroundConfig,
+    claim,
+    markdown_table,
+    open_winoground,
+    results_json,
+    run_winoground,
+    summarize,
+)
+from .match import add_scorer_options, scorers_from_args
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "winoground",
+        help="Winoground text / image / group scores (image-text matching)",
+        description="Scores each (image, caption) pair by minus the mean error over t in range(K // 2, 1000, K), "
+        "the i-th timestep with noise i, the same noise for all four pairs (Li et al. 2023). Winoground is gated "
+        "on the hub: accept its terms and `hf auth login`, or pass --data-dir with a local copy.",
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="a local copy: examples.jsonl + images/, or a datasets save_to_disk folder"
+    )
+    p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    p.add_argument("--out", default=None, metavar="RUN_DIR", help="keep per-example records here; rerun to resume")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    add_scorer_options(p, t_interval=1)  # the published command evaluates all 1000 timesteps
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        from ..errors import UserInputError
+
+        raise UserInputError(f"--limit must be at least 1, got {args.limit}")
+    data = open_winoground(args.data_dir)  # a missing or gated dataset fails before any model loads
+    scorers = scorers_from_args(args)
+    n = len(data) if args.limit is None else min(args.limit, len(data))
+    store = None
+    if args.out is not None:
+        store = RunStore(args.out)
+        claim(store, make_config(args, data.source, n, scorers))
+    records = run_winoground(data, scorers, store, args.limit, progress=sys.stderr.isatty())
+    summaries = [summarize(records, s.name, n) for s in scorers]
+    if args.json:
+        print(json.dumps(results_json(summaries)))
+    else:
+        for s in summaries:
+            print(markdown_table(s))
+    return 0
+
+
+def make_config(args: argparse.Namespace, source: str, n: int, scorers) -> WinogroundConfig:
+    diffusion = next((s for s in scorers if isinstance(s, DiffusionMatcher)), None)
+    return WinogroundConfig(
+        data=source,
+        examples=n,
+        scorers=tuple(s.name for s in scorers),
+        model=args.model,
+        t_interval=args.t_interval if diffusion else None,
+        seed=0 if args.seed is None else args.seed,
+        noise_file=args.noise_file,
+        loss=args.loss,
+        normalize=args.normalize,
+        image_size=args.image_size,
+        dtype=args.dtype,
+        limit=args.limit,
+        model_info={s.name: s.describe() for s in scorers},
+    )

@@ -1,0 +1,289 @@
+"""Class-conditional models: a pixel-space diffusers UNet2DModel with class embeddings, and DiT (latent, learned sigma).
+
+Both condition on class ids; condition() maps class names (or integer ids given as strings) to ids.
+
+Folder layouts:
+- UNet: unet/ (UNet2DModel, num_class_embeds set), scheduler/ (DDPMScheduler config: alpha_bar comes
+  from it) and classifier_config.json (class_names, image_size, channels, optional default_schedule).
+  This is what `diffusion-classifier train` writes and what builtin:mnist holds.
+- DiT: a DiTPipeline folder (model_index.json, transformer/, vae/, scheduler/), e.g. facebook/DiT-XL-2-256;
+  class names come from the pipeline's id2label.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.images import center_crop, resize_short_side, to_tensor
+from ..errors import UserInputError
+from . import Family, register_family
+from .base import DiffusionAdapter
+
+UNET_CONFIG = "classifier_config.json"
+
+
+# ---- labels -----------------------------------------------------------------------------------------
+
+
+def label_index(class_names: list[str], aliases: dict[str, int] | None = None) -> dict[str, int]:
+    """Name -> class id for every class name, then every alias not already taken."""
+    index = {name: i for i, name in enumerate(class_names)}
+    for name, i in (aliases or {}).items():
+        index.setdefault(name, i)
+    return index
+
+
+def class_ids(conditions: list[str], index: dict[str, int], num_classes: int) -> torch.Tensor:
+    """Class ids for labels given by name (or alias) or as an integer id; unknown labels are a UserInputError."""
+    ids = []
+    for c in conditions:
+        key = str(c).strip()
+        if key in index:
+            ids.append(index[key])
+        elif key.isdigit() and int(key) < num_classes:
+            ids.append(int(key))
+        else:
+            some = ", ".join(repr(n) for n in list(index)[:5])
+            raise UserInputError(
+                f"unknown class {c!r}: this model knows {num_classes} classes (e.g. {some}); "
+                f"give a class name or an id 0..{num_classes - 1}"
+            )
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def check_image_size(image_size: int | None, native: int, what: str) -> None:
+    if image_size is not None and image_size != native:
+        raise UserInputError(f"--image-size {image_size}: {what} works at {native} px only; leave --image-size out")
+
+
+# ---- preprocessing ------------------------------------------------------------------------------------
+
+
+def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """ADM/DiT preprocessing (SPEC.md §3): BOX-halve while the short side >= 2 size, bicubic resize, center crop."""
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
+    arr = np.asarray(img)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return Image.fromarray(arr[top : top + size, left : left + size])
+
+
+def as_pil(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (str, Path)):
+        from ..data.images import load_image
+
+        return load_image(image)
+    raise UserInputError(f"expected an image file or a PIL image, got {type(image).__name__}")
+
+
+def load_alphas_cumprod(path: Path) -> torch.Tensor:
+    """alpha_bar of the folder's scheduler config, via DDPMScheduler (it reads any beta-based scheduler's config)."""
+    from diffusers import DDPMScheduler
+
+    config = DDPMScheduler.load_config(path, subfolder="scheduler")
+    return DDPMScheduler.from_config(config).alphas_cumprod.float().cpu()
+
+
+def schedule_from_spec(spec: dict[str, Any] | None):
+    """A (schedule, loss) pair from classifier_config.json's default_schedule: {"timesteps": [...]} or {"name": ...}."""
+    from ..schedules import Full, get_schedule
+
+    if not spec:
+        return None
+    if "name" in spec:
+        sched, loss = get_schedule(spec["name"])
+        return sched, spec.get("loss", loss)
+    return Full(tuple(int(t) for t in spec["timesteps"])), spec.get("loss", "l2")
+
+
+def load_failed(what: str, path: Path, exc: Exception) -> UserInputError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return UserInputError(f"cannot load {what} from {path}: {first}")
+
+
+# ---- UNet2DModel with class embeddings (pixel space) ----------------------------------------------------
+
+
+class ClassUNetModel(DiffusionAdapter):
+    """x0 = the image itself in [-1, 1] (grayscale when the model has one channel); cond = class ids."""
+
+    conditioning = "class"
+
+    def __init__(self, unet, alphas_cumprod: torch.Tensor, config: dict[str, Any], name: str = ""):
+        self.unet, self.name, self.config = unet, name, config
+        self.device, self.dtype = unet.device, unet.dtype
+        self._alphas_cumprod = alphas_cumprod
+        self.image_size = int(config.get("image_size", unet.config.sample_size))
+        self.channels = int(config.get("channels", unet.config.in_channels))
+        n = unet.config.num_class_embeds
+        self.class_names = [str(c) for c in config.get("class_names", range(n))]
+        if len(self.class_names) != n:
+            raise UserInputError(f"{name}: {len(self.class_names)} class names for a model with {n} classes")
+        self._index = label_index(self.class_names)
+        spec = schedule_from_spec(config.get("default_schedule"))
+        if spec is not None:
+            self.default_schedule = spec  # the pipeline uses this when no schedule is given
+
+    @classmethod
+    def from_pretrained(
+        cls, path: Path, dtype: torch.dtype, device: torch.device, image_size: int | None = None, **_: Any
+    ) -> ClassUNetModel:
+        from diffusers import UNet2DModel
+
+        try:
+            config = json.loads((path / UNET_CONFIG).read_text())
+            unet = UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, use_safetensors=True)
+            alphas_cumprod = load_alphas_cumprod(path)
+        except (OSError, ValueError) as exc:
+            raise load_failed("a class-conditional UNet", path, exc) from None
+        if unet.config.num_class_embeds is None:
+            raise UserInputError(f"{path}/unet has no class embeddings (num_class_embeds); it cannot classify")
+        check_image_size(image_size, int(config.get("image_size", unet.config.sample_size)), str(path))
+        unet.to(device).eval().requires_grad_(False)
+        return cls(unet, alphas_cumprod, config, name=str(path))
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self._alphas_cumprod
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.channels, self.image_size, self.image_size)
+
+    def encode(self, image: Any) -> torch.Tensor:
+        img = as_pil(image).convert("L" if self.channels == 1 else "RGB")
+        if img.size != (self.image_size, self.image_size):
+            img = center_crop(resize_short_side(img, self.image_size), self.image_size)
+        return to_tensor(img, self.channels)
+
+    def condition(self, conditions: list[str]) -> torch.Tensor:
+        return class_ids(conditions, self._index, len(self.class_names)).to(self.device)
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(x_t, t, class_labels=cond).sample
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "adapter": "ClassUNetModel",
+            "model": self.name,
+            "classes": len(self.class_names),
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "parameters": sum(p.numel() for p in self.unet.parameters()),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+def is_class_unet_folder(path: Path) -> bool:
+    return (path / UNET_CONFIG).is_file() and (path / "unet" / "config.json").is_file()
+
+
+# ---- DiT (latent space, learned sigma) ------------------------------------------------------------------
+
+
+def dit_labels(id2label: dict[str, str] | None, num_classes: int) -> tuple[list[str], dict[str, int]]:
+    """Class names (the full id2label strings, or ids) and the aliases: each comma-separated synonym."""
+    if not id2label:
+        return [str(i) for i in range(num_classes)], {}
+    names = [str(id2label.get(str(i), i)) for i in range(num_classes)]
+    aliases = {}
+    for i, name in enumerate(names):
+        for synonym in name.split(","):
+            aliases.setdefault(synonym.strip(), i)  # the first class with a synonym keeps it (e.g. "crane")
+    return names, aliases
+
+
+class DiTModel(DiffusionAdapter):
+    """x0 = VAE posterior mean x scaling_factor of the ADM-cropped image; eps = the first C output channels."""
+
+    conditioning = "class"
+
+    def __init__(self, transformer, vae, alphas_cumprod: torch.Tensor, id2label: dict | None = None, name: str = ""):
+        self.transformer, self.vae, self.name = transformer, vae, name
+        self.device, self.dtype = transformer.device, transformer.dtype
+        self._alphas_cumprod = alphas_cumprod
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_size = transformer.config.sample_size * self.vae_scale_factor
+        n = transformer.config.num_embeds_ada_norm
+        self.class_names, aliases = dit_labels(id2label, n)
+        self._index = label_index(self.class_names, aliases)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: Path, dtype: torch.dtype, device: torch.device, image_size: int | None = None, **_: Any
+    ) -> DiTModel:
+        from diffusers import AutoencoderKL, DiTTransformer2DModel
+
+        try:
+            index = json.loads((path / "model_index.json").read_text())
+            kw = {"torch_dtype": dtype, "use_safetensors": True}
+            transformer = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer", **kw)
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
+            alphas_cumprod = load_alphas_cumprod(path)
+        except (OSError, ValueError) as exc:
+            raise load_failed("DiT", path, exc) from None
+        for m in (transformer, vae):
+            m.to(device).eval().requires_grad_(False)
+        model = cls(transformer, vae, alphas_cumprod, index.get("id2label"), name=str(path))
+        check_image_size(image_size, model.image_size, str(path))
+        return model
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self._alphas_cumprod
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        s = self.transformer.config.sample_size
+        return (self.transformer.config.in_channels, s, s)
+
+    @torch.inference_mode()
+    def encode(self, image: Any) -> torch.Tensor:
+        img = adm_center_crop(as_pil(image).convert("RGB"), self.image_size)
+        x = to_tensor(img)[None].to(self.device, self.vae.dtype)
+        return (self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor)[0].float()
+
+    def condition(self, conditions: list[str]) -> torch.Tensor:
+        return class_ids(conditions, self._index, len(self.class_names)).to(self.device)
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        out = self.transformer(x_t, timestep=t, class_labels=cond).sample
+        return split_learned_sigma(out, x_t.shape[1])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "adapter": "DiTModel",
+            "model": self.name,
+            "classes": len(self.class_names),
+            "image_size": self.image_size,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+def split_learned_sigma(out: torch.Tensor, channels: int) -> torch.Tensor:
+    """The eps half of a learned-sigma output (B, 2C, h, w); an eps-only output (B, C, h, w) is returned as is."""
+    return torch.split(out, channels, dim=1)[0]
+
+
+def is_dit_folder(path: Path) -> bool:
+    index = path / "model_index.json"
+    if not index.is_file():
+        return False
+    try:
+        return json.loads(index.read_text()).get("_class_name") == "DiTPipeline"
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+register_family(Family("class-unet", is_class_unet_folder, ClassUNetModel.from_pretrained))
+register_family(Family("dit", is_dit_folder, DiTModel.from_pretrained))
