@@ -131,6 +131,8 @@ def designs(T: int, which: str = "all") -> list[tuple[str, Any, str]]:
     rows.append(("racing", Racing(), "uniform"))
     rows += [(f"racing alpha={a:g}", Racing(alpha=a), "uniform") for a in (0.05, 0.01, 5e-4, 1e-4)]
     rows.append(("racing rounds=10 min=20", Racing(round_trials=10, min_trials=20), "uniform"))
+    rows.append(("racing cap=100", Racing(cap=100), "uniform"))  # at most 1,000 calls for 10 labels
+    rows.append(("racing alpha=0.01 cap=100", Racing(alpha=0.01, cap=100), "uniform"))
     rows.append(("racing weights=exp", Racing(), "exp"))
     rows.append(("racing weights=fitted", Racing(), "fitted"))
     rows.append(("full weights=fitted", Full(stratified), "fitted"))
@@ -230,6 +232,22 @@ def run_bench(bench: Bench, fitted: Fitted, which: str, seed: int, batch_size: i
     return result
 
 
+def cross_fitted(gaps: torch.Tensor, labels: torch.Tensor, scale: float) -> dict[str, float]:
+    """NLL and ECE with the temperature fitted on the other half of the benchmark images (2-fold)."""
+    idx = torch.arange(len(labels))
+    halves = (idx[::2], idx[1::2])
+    probs = torch.empty_like(gaps, dtype=torch.float64)
+    taus = []
+    for fit_on, apply_to in (halves, halves[::-1]):
+        taus.append(fit_temperature(gaps[fit_on], labels[fit_on], scale))
+        probs[apply_to] = probabilities(gaps[apply_to], scale, taus[-1])
+    return {
+        "temperature_cv": taus,
+        "nll_cv": float(-probs[idx, labels].clamp_min(1e-300).log().mean()),
+        "ece_cv": expected_calibration_error(probs, labels),
+    }
+
+
 def table_rows(bench: Bench, rows, preds, calls, gaps, taus: dict[str, float]) -> list[dict]:
     """One dict per design: accuracy, calls per image, agreement with full, NLL and ECE of the probabilities."""
     n = len(preds["full"])
@@ -253,6 +271,7 @@ def table_rows(bench: Bench, rows, preds, calls, gaps, taus: dict[str, float]) -
                 "nll_fitted": nll(g, labels, scale, tau),
                 "ece_elbo": expected_calibration_error(probabilities(g, scale), labels),
                 "ece_fitted": expected_calibration_error(probabilities(g, scale, tau), labels),
+                **cross_fitted(g, labels, scale),
             }
         )
     return out
@@ -264,13 +283,15 @@ def markdown(res: dict) -> str:
         f"{res['model']}: {res['n_images']} images, seed {res['seed']}; temperature fitted on {res['n_fit_images']} "
         f"other labelled images: {', '.join(f'{k} {v:.3g}' for k, v in res['temperature'].items())}",
         "",
-        "| design | accuracy % | calls / image | max calls | agreement with full % | ECE (tau=1) | ECE (fitted tau) |",
-        "|---|---|---|---|---|---|---|",
+        "| design | accuracy % | calls / image | max calls | agreement with full % "
+        "| NLL / ECE, tau = 1 | NLL / ECE, tau fitted apart | NLL / ECE, tau cross-fitted |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(
             f"| {r['name']} | {100 * r['accuracy']:.1f} | {r['calls_per_image']:.0f} | {r['max_calls']} | "
-            f"{100 * r['agreement_with_full']:.1f} | {r['ece_elbo']:.3f} | {r['ece_fitted']:.3f} |"
+            f"{100 * r['agreement_with_full']:.1f} | {r['nll_elbo']:.2f} / {r['ece_elbo']:.3f} | "
+            f"{r['nll_fitted']:.2f} / {r['ece_fitted']:.3f} | {r['nll_cv']:.2f} / {r['ece_cv']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -293,7 +314,7 @@ def plot(results: list[dict], path: Path) -> None:
         rows = {r["name"]: r for r in res["rows"]}
         xy = partial(_points, rows)
         fixed = ["full-20", "full-50", "full-100", "full"]
-        levels = ["racing"] + [n for n in rows if n.startswith("racing alpha=")]
+        levels = ["racing"] + [n for n in rows if n.startswith("racing alpha=") and n.count(" ") == 1]
         ax.plot(*xy(fixed), "s-", color="tab:gray", label="full on the first n stratified trials (n = 20 ... 500)")
         ax.plot(*xy(levels), "o-", color="tab:blue", label="racing, alpha = 0.05 ... 1e-4")
         ax.plot(*xy(["racing"]), "o", color="tab:green", markersize=11, label="racing (default, alpha 0.002)")

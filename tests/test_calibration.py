@@ -42,6 +42,17 @@ def test_fit_temperature_recovers_the_generating_temperature():
     assert nll(errors, labels, scale, tau) <= nll(errors, labels, scale, 100.0)
 
 
+def test_fit_temperature_is_determined_when_every_image_is_right():
+    g = torch.Generator().manual_seed(3)
+    errors = 0.01 + 0.01 * torch.rand(40, 5, generator=g, dtype=torch.float64)
+    labels = torch.arange(40) % 5
+    errors[torch.arange(40), labels] = 0.0  # the true label always wins by 0.01 or more
+    tau = fit_temperature(errors, labels, scale=1000.0)
+    conf = probabilities(errors, 1000.0, tau).max(-1).values.mean()
+    # the Laplace-smoothed targets ask for about 1 - 1/42 confidence, not certainty
+    assert 0.9 < conf < 0.995 and 1e-3 < tau < 1e9
+
+
 def test_ece_by_hand_and_on_calibrated_samples():
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
     labels = torch.tensor([0, 1, 0, 0])

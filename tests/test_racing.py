@@ -13,7 +13,7 @@ from diffusion_classifier.cli.options import add_schedule_options, efficiency_kw
 from diffusion_classifier.estimator import per_sample_loss, q_sample
 from diffusion_classifier.models.gaussian import GaussianClassModel
 from diffusion_classifier.schedules import SCHEDULES, Full, Racing, count_calls, master_grid, paired_t_pvalues
-from diffusion_classifier.timesteps import ORDERS, ordered_grid, van_der_corput_order
+from diffusion_classifier.timesteps import ORDERS, even_grid, ordered_grid, van_der_corput_order
 from diffusion_classifier.weighting import TimestepWeights, exp_weights, fit_weights, weight_table
 
 
@@ -72,7 +72,10 @@ def test_racing_drops_clearly_worse_candidates_early_and_keeps_the_best():
 
 def test_racing_runs_to_the_cap_on_ties_and_the_lowest_mean_wins():
     sched = Racing(cap=60, round_trials=6)
-    assert count_calls(sched, 5) == 5 * 60  # zero errors: nothing is ever significant
+    for n in (1, 2, 5):  # zero errors: nothing is ever significant, so the replay costs the worst case
+        tied = ErrorLedger(lambda pairs: torch.zeros(len(pairs)), n)
+        sched.run(tied, 1000)
+        assert tied.calls == count_calls(sched, n) == (n * 60 if n > 1 else 6)
     ledger = ErrorLedger(synthetic_fn([0.02, 0.0], sd=1.0), 2)
     Racing(cap=60, alpha=1e-9).run(ledger, 1000)
     means = ledger.mean_errors()
@@ -84,6 +87,11 @@ def test_racing_trials_use_noise_i_and_the_stratified_order():
     trials = Racing(cap=500).trials(1000)
     assert [tr.noise_index for tr in trials] == list(range(500))
     assert [tr.t for tr in trials] == ordered_grid(master_grid(500), "stratified")
+    assert Racing(cap=100).trials(1000) == trials[:100]  # a lower cap stops the same race earlier
+    wide = sorted(tr.t for tr in Racing(cap=800).trials(1000))  # an even grid of 800 points over [0, 1000)
+    assert wide[0] == 0 and wide[-1] == 999 and max(b - a for a, b in zip(wide, wide[1:])) == 2
+    for n in (100, 250, 500):
+        assert even_grid(n) == master_grid(n)  # the reference grid wherever n divides T
     anti = Racing(cap=10, antithetic=True).trials(1000)
     assert [tr.t for tr in anti[::2]] == [tr.t for tr in anti[1::2]]
     assert [tr.noise_index for tr in anti] == list(range(10))

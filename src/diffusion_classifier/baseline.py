@@ -14,7 +14,7 @@ from .training import random_shift
 
 @dataclass(frozen=True)
 class BaselineConfig:
-    epochs: int = 10  # 620 steps: converged on 4,000 digits, well under a minute on 2 idle CPU cores
+    epochs: int = 15  # 930 steps: converged on 4,000 digits, well under a minute on 2 idle CPU cores
     batch_size: int = 64
     lr: float = 2e-3
     max_shift: int = 2  # the same kind of shift augmentation the diffusion model sees, a little wider
@@ -25,9 +25,11 @@ def small_cnn() -> nn.Module:
     """Two conv-pool stages and a hidden layer (~0.1 M parameters)."""
     return nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
         nn.ReLU(),
         nn.MaxPool2d(2),  # 14 x 14
         nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
         nn.ReLU(),
         nn.MaxPool2d(2),  # 7 x 7
         nn.Flatten(),

@@ -10,11 +10,14 @@ weighting and Monte-Carlo noise (docs/efficiency.md).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 from .errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 
 def elbo_scale(latent_shape: tuple[int, ...], T: int) -> float:
@@ -28,25 +31,43 @@ def probabilities(mean_errors: torch.Tensor, scale: float, temperature: float = 
     return torch.softmax(-mean_errors.double() * (scale / temperature), dim=-1)
 
 
-def nll(mean_errors: torch.Tensor, labels: torch.Tensor, scale: float, temperature: float) -> float:
-    """Mean negative log-likelihood of the true labels: mean_errors (N, K), labels (N,)."""
+def nll(
+    mean_errors: torch.Tensor, labels: torch.Tensor, scale: float, temperature: float, smoothing: float = 0.0
+) -> float:
+    """Mean negative log-likelihood of the true labels: mean_errors (N, K), labels (N,).
+
+    smoothing eps moves eps of each target's mass evenly onto all K labels (label smoothing).
+    """
     logp = torch.log_softmax(-mean_errors.double() * (scale / temperature), dim=-1)
-    return float(-logp[torch.arange(len(labels)), labels].mean())
+    true = -logp[torch.arange(len(labels)), labels].mean()
+    if not smoothing:
+        return float(true)
+    spread = logp.masked_fill(~torch.isfinite(logp), 0.0).mean()  # labels never evaluated carry no mass
+    return float((1 - smoothing) * true - smoothing * spread)
 
 
 def fit_temperature(
     mean_errors: torch.Tensor, labels: torch.Tensor, scale: float, bounds: tuple[float, float] = (1e-3, 1e9)
 ) -> float:
-    """The temperature minimising the NLL on labelled images (a 1-D search over log tau)."""
+    """The temperature minimising the NLL on labelled images (a 1-D search over log tau).
+
+    When every image is classified right, the plain NLL keeps falling as tau shrinks and tau is not
+    determined; the targets are therefore smoothed by the Laplace estimate of an error rate, 1 / (N + 2),
+    which matters little once the images include mistakes.
+    """
     from scipy.optimize import minimize_scalar
 
+    eps = 1.0 / (len(labels) + 2)
     res = minimize_scalar(
-        lambda log_tau: nll(mean_errors, labels, scale, math.exp(log_tau)),
+        lambda log_tau: nll(mean_errors, labels, scale, math.exp(log_tau), smoothing=eps),
         bounds=(math.log(bounds[0]), math.log(bounds[1])),
         method="bounded",
         options={"xatol": 1e-4},
     )
-    return float(math.exp(res.x))
+    tau = float(math.exp(res.x))
+    if tau < bounds[0] * 1.01:
+        log.warning("temperature hit its lower bound %.3g: use more (or harder) labelled images", bounds[0])
+    return tau
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:

@@ -14,7 +14,7 @@ import torch
 
 from .errors import UserInputError
 from .estimator import ErrorLedger, Loss, Trial
-from .timesteps import ORDERS, ordered_grid
+from .timesteps import ORDERS, even_grid, ordered_grid
 
 
 class Schedule(Protocol):
@@ -116,8 +116,8 @@ def paired_t_pvalues(values: torch.Tensor, best: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _racing_trials(n_t: int, T: int, order: str, cap: int, antithetic: bool) -> tuple[Trial, ...]:
-    ts = ordered_grid(master_grid(n_t, T), order)
+def _racing_trials(n_grid: int, T: int, order: str, cap: int, antithetic: bool) -> tuple[Trial, ...]:
+    ts = ordered_grid(even_grid(n_grid, T), order)  # master_grid when n_grid divides T, even otherwise
     return tuple(Trial(ts[i // 2] if antithetic else ts[i], i) for i in range(cap))
 
 
@@ -128,10 +128,11 @@ class Racing:
     Rounds of round_trials trials are shared by all remaining candidates; from min_trials on, after each
     round a candidate is dropped when a one-sided paired t-test says its (weighted) error exceeds the
     current best's at level alpha. It stops when one candidate remains, or after cap trials, where the
-    lowest mean wins. Trial i uses noise i and the i-th timestep of a stratified order of the cap-point
-    grid, so any prefix spreads over [0, T). antithetic: trials 2k and 2k+1 share a timestep and use
-    eps_k and -eps_k (the NoiseBank must be antithetic too; the pipeline arranges that), and the test
-    sees each complete pair's mean as one observation.
+    lowest mean wins. Trial i uses noise i and the i-th timestep of a stratified order of an even grid
+    of max(grid, cap) points (timesteps.even_grid; SPEC.md's master grid for 500 points), so any prefix
+    spreads over [0, T) and a lower cap stops the same race earlier. antithetic: trials 2k and 2k+1
+    share a timestep and use eps_k and -eps_k (the NoiseBank must be antithetic too; the pipeline
+    arranges that), and the test sees each complete pair's mean as one observation.
     alpha is per comparison and per look (no correction for repeated looks): see docs/efficiency.md.
     """
 
@@ -141,6 +142,7 @@ class Racing:
     min_trials: int = 10
     order: str = "stratified"
     antithetic: bool = False
+    grid: int = 500  # timesteps come from this grid (or a cap-point one): a lower cap truncates the same race
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -153,9 +155,10 @@ class Racing:
     def trials(self, T: int) -> tuple[Trial, ...]:
         """Trial i: the i-th timestep of the ordered grid (each twice when antithetic), noise i."""
         n_t = -(-self.cap // 2) if self.antithetic else self.cap
+        n_grid = min(max(self.grid, n_t), T)
         if n_t > T:
             raise UserInputError(f"--max-trials {self.cap} exceeds the model's {T} timesteps")
-        return _racing_trials(n_t, T, self.order, self.cap, self.antithetic)
+        return _racing_trials(n_grid, T, self.order, self.cap, self.antithetic)
 
     def run(self, ledger: ErrorLedger, T: int) -> None:
         trials = self.trials(T)
@@ -176,6 +179,10 @@ class Racing:
     def max_trials(self, T: int) -> int:
         return self.cap
 
+    def worst_case_calls(self, n_candidates: int, T: int) -> int:
+        """Calls when nothing is ever dropped: every candidate on every trial up to the cap."""
+        return n_candidates * self.cap if n_candidates > 1 else min(self.round_trials, self.cap)
+
 
 #: The published per-dataset schedules and losses (SPEC.md §2): name -> (schedule, loss).
 PUBLISHED: dict[str, tuple[Staged, Loss]] = {
@@ -195,6 +202,8 @@ DEFAULT_SCHEDULE: tuple[Staged, Loss] = (Staged((50, 500), (5, 1)), "l2")
 
 def count_calls(schedule: Schedule, n_candidates: int, T: int = 1000) -> int:
     """Model calls the schedule spends on n_candidates tied candidates (exact for fixed schedules)."""
+    if hasattr(schedule, "worst_case_calls"):  # adaptive schedules: the replay would be slow and says the same
+        return schedule.worst_case_calls(n_candidates, T)
     ledger = ErrorLedger(lambda pairs: torch.zeros(len(pairs)), n_candidates)
     schedule.run(ledger, T)
     return ledger.calls

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data.images import center_crop, resize_short_side
 from .data.prompts import DEFAULT_TEMPLATE, Candidates
 from .errors import UserInputError
 
@@ -33,15 +34,8 @@ def parse_shortlist(spec: str) -> str:
 
 def preprocess(image: Image.Image, size: int, crop: int | None = None, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
     """CLIP's input (3, crop, crop): bicubic resize of the short side to size, center crop, normalise."""
-    image = image.convert("RGB")
-    w, h = image.size
-    scale = size / min(w, h)
-    # int(), as transformers' CLIP processor sizes the long side
-    image = image.resize((max(size, int(w * scale)), max(size, int(h * scale))), Image.BICUBIC)
-    size = size if crop is None else crop
-    w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
-    image = image.crop((left, top, left + size, top + size))
+    # the same Resize + CenterCrop semantics as the diffusion side (data/images.py), i.e. torchvision's
+    image = center_crop(resize_short_side(image.convert("RGB"), size), size if crop is None else crop)
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 

@@ -27,6 +27,11 @@ def radical_inverse(k: int, base: int = 2) -> float:
     return inv
 
 
+def even_grid(n: int, T: int = 1000) -> list[int]:
+    """n timesteps at the centres of n equal strata of [0, T): the reference master grid when n divides T."""
+    return [(2 * i + 1) * T // (2 * n) for i in range(n)]
+
+
 def _order_from_points(points: Callable[[int], float], n: int) -> list[int]:
     """Positions 0..n-1 in the order the points u_0, u_1, ... in [0, 1) first land in their cells."""
     seen: set[int] = set()

@@ -43,6 +43,7 @@ class TrainConfig:
     beta_schedule: str = "linear"  # DDPM's betas 1e-4..0.02, the usual choice for small pixel-space models
     num_train_timesteps: int = 1000
     save_every: int = 0  # also save the EMA weights every this many steps (0: only at the end)
+    init_from: str | None = None  # continue from a saved model's (EMA) weights instead of a random start
 
 
 def build_unet(cfg: TrainConfig, image_size: int = 28, num_classes: int = 10):
@@ -87,6 +88,16 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     return torch.stack([padded[i, :, dy[i] : dy[i] + H, dx[i] : dx[i] + W] for i in range(B)])
 
 
+def load_unet(folder: str | Path):
+    """The UNet of a model folder this module saved (safetensors only)."""
+    from diffusers import UNet2DModel
+
+    path = Path(folder) / "unet"
+    if not path.is_dir():
+        raise UserInputError(f"--init-from {folder}: no unet/ folder there; give a folder written by train")
+    return UNet2DModel.from_pretrained(path, use_safetensors=True)
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -102,7 +113,7 @@ def save_model(out: Path, unet, scheduler, cfg: TrainConfig, extra: dict) -> Non
         "class_names": CLASS_NAMES,
         "image_size": unet.config.sample_size,
         "channels": unet.config.in_channels,
-        "default_schedule": {"timesteps": list(range(5, 1000, 10)), "loss": "l2"},
+        "default_schedule": {"name": "racing", "params": {"alpha": 0.01}, "loss": "l2"},  # docs/mnist_model.md
         "training": {**asdict(cfg), **extra},
     }
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -120,6 +131,8 @@ def train(out: str | Path, cfg: TrainConfig, device: str = "cpu", progress: bool
     data = torch.from_numpy(train_split().images).float().div(127.5).sub(1.0).unsqueeze(1)  # (N, 1, 28, 28)
     labels = torch.from_numpy(train_split().labels)
     unet, scheduler = build_unet(cfg).to(device), build_scheduler(cfg)
+    if cfg.init_from is not None:
+        unet.load_state_dict(load_unet(cfg.init_from).state_dict())
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     alpha_bar = scheduler.alphas_cumprod.float()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

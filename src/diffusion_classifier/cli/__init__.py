@@ -13,11 +13,17 @@ import sys
 from ..errors import UserInputError
 
 #: subcommand modules, in the order `--help` lists them
-COMMANDS = ["classify", "train"]
-COMMANDS += ["eval", "report", "demo"]  # dataset evaluation (runs.py, report.py)
-COMMANDS += ["calibrate"]  # timestep weights and temperature (fitting.py)
-COMMANDS += ["winoground", "match"]  # image-text matching (winoground.py, matching.py)
-COMMANDS += ["bench"]  # throughput: reference vs fast path (throughput.py, fast.py)
+COMMANDS = [
+    "classify",  # images among candidate labels (pipeline.py)
+    "demo",  # the bundled MNIST model on its held-out digits
+    "eval",  # a dataset into a resumable run directory (runs.py)
+    "report",  # tables and figures of run directories (report.py, figures.py)
+    "calibrate",  # timestep weights and temperature from labelled images (fitting.py)
+    "winoground",  # compositional image-text matching (winoground.py)
+    "match",  # the score matrix of images x captions (matching.py)
+    "bench",  # throughput: reference setting vs fast path (throughput.py, fast.py)
+    "train",  # the class-conditional MNIST model (training.py)
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

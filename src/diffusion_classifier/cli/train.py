@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="images per step")
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (warmup, then cosine)")
     p.add_argument("--max-shift", type=int, default=DEFAULTS.max_shift, help="random shift augmentation, pixels")
+    p.add_argument("--init-from", default=None, help="continue from the weights of a model folder saved by train")
+    p.add_argument("--warmup", type=int, default=DEFAULTS.warmup, help="learning-rate warmup steps")
     p.add_argument("--save-every", type=int, default=0, help="also save the EMA weights every N steps")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=run)
@@ -31,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         max_shift=args.max_shift,
         save_every=args.save_every,
+        warmup=args.warmup,
+        init_from=args.init_from,
     )
     out = train(args.out, cfg, device=args.device, progress=True)
     print(f"saved {out}", file=sys.stderr)

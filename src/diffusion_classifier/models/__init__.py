@@ -121,5 +121,4 @@ def load_adapter(
 
 def _import_families() -> None:
     """Import the family modules so they register themselves (kept lazy: diffusers is slow to import)."""
-    from . import stable_diffusion  # noqa: F401
-    from . import class_conditional  # noqa: F401
+    from . import class_conditional, stable_diffusion  # noqa: F401

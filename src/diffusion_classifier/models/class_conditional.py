@@ -95,14 +95,20 @@ def load_alphas_cumprod(path: Path) -> torch.Tensor:
 
 
 def schedule_from_spec(spec: dict[str, Any] | None):
-    """A (schedule, loss) pair from classifier_config.json's default_schedule: {"timesteps": [...]} or {"name": ...}."""
+    """A (schedule, loss) pair from classifier_config.json's default_schedule.
+
+    {"timesteps": [...]} for a Full schedule, or {"name": NAME, "params": {...}} for a named schedule with
+    some fields replaced (e.g. {"name": "racing", "params": {"alpha": 0.01}}); "loss" is optional.
+    """
+    from dataclasses import replace
+
     from ..schedules import Full, get_schedule
 
     if not spec:
         return None
     if "name" in spec:
         sched, loss = get_schedule(spec["name"])
-        return sched, spec.get("loss", loss)
+        return replace(sched, **spec.get("params", {})), spec.get("loss", loss)
     return Full(tuple(int(t) for t in spec["timesteps"])), spec.get("loss", "l2")
 
 
