@@ -93,6 +93,31 @@ def build_tiny_sd(path, seed: int = 0, prediction_type: str = "epsilon"):
     return path
 
 
+def build_tiny_class_unet(path, class_names=("cat", "dog", "bird"), size: int = 8, default_schedule=None):
+    """A tiny class-conditional UNet2DModel folder (1 channel) in the layout models/class_conditional.py loads."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=size,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        num_class_embeds=len(class_names),
+    )
+    unet.save_pretrained(path / "unet", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(path / "scheduler")
+    config = {"class_names": list(class_names), "image_size": size, "channels": 1}
+    if default_schedule is not None:
+        config["default_schedule"] = default_schedule
+    (path / "classifier_config.json").write_text(json.dumps(config))
+    return unet
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_path(tmp_path_factory):
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "pipe")

@@ -9,33 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import build_tiny_class_unet
 from diffusion_classifier import DiffusionClassifier
 from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.models.class_conditional import ClassUNetModel, DiTModel, adm_center_crop
 from diffusion_classifier.schedules import Full
-
-
-def build_tiny_class_unet(path, class_names=("cat", "dog", "bird"), size=8):
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=size,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        num_class_embeds=len(class_names),
-    )
-    unet.save_pretrained(path / "unet", safe_serialization=True)
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(path / "scheduler")
-    config = {"class_names": list(class_names), "image_size": size, "channels": 1}
-    (path / "classifier_config.json").write_text(json.dumps(config))
-    return unet
-
 
 ID2LABEL = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "crane", "3": "crane, bird", "4": "king penguin"}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
 
+from conftest import build_tiny_class_unet
 from diffusion_classifier.cli import demo, main
 from diffusion_classifier.runs import RunStore
 
@@ -17,26 +17,8 @@ TIMESTEPS = [100, 500, 900]
 @pytest.fixture(scope="module")
 def tiny_mnist_model(tmp_path_factory):
     """A class-conditional UNet2DModel folder (8 px, 1 channel, classes '0'..'9') with a default schedule."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
     path = tmp_path_factory.mktemp("tiny-mnist") / "model"
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        num_class_embeds=10,
-        norm_num_groups=4,
-    )
-    unet.save_pretrained(path / "unet", safe_serialization=True)
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(path / "scheduler")
-    config = {"class_names": [str(d) for d in range(10)], "image_size": 8, "channels": 1,
-              "default_schedule": {"timesteps": TIMESTEPS}}  # fmt: skip
-    (path / "classifier_config.json").write_text(json.dumps(config))
+    build_tiny_class_unet(path, [str(d) for d in range(10)], default_schedule={"timesteps": TIMESTEPS})
     return path
 
 
