@@ -79,14 +79,27 @@ def gaussian_bench(n: int, n_fit: int, seed: int = 0) -> Bench:
     )
 
 
-def mnist_bench(limit: int, n_fit: int, model_path: str = "builtin:mnist", device: str | None = None) -> Bench:
-    """The bundled MNIST model on the first `limit` held-out digits (spread over classes), fit on training digits."""
+def mnist_bench(
+    limit: int, n_fit: int, model_path: str = "builtin:mnist", device: str | None = None, compiled: bool = False
+) -> Bench:
+    """The bundled MNIST model on the first `limit` held-out digits (spread over classes), fit on training digits.
+
+    compiled: run the UNet through the fast path in float32 (channels_last, torch.compile, padded batches of
+    64-512 rows): about 1.8x the eager calls/s on 2 CPU cores after a few minutes of compiling, same errors
+    up to float32 rounding.
+    """
     from PIL import Image
 
     from diffusion_classifier.data.mnist import test_images, train_split
+    from diffusion_classifier.fast import FastConfig, FastModel
     from diffusion_classifier.models import load_adapter
 
     model = load_adapter(model_path, device=device)
+    if compiled:
+        config = FastConfig(
+            dtype="float32", compile=True, channels_last=True, tf32=False, batch_size=512, min_bucket=64
+        )
+        model = FastModel(model, config)
     images, names = test_images()
     order = sorted(range(len(images)), key=lambda i: (i % 100, i))  # interleave classes so any limit is balanced
     chosen = order[:limit]
@@ -99,7 +112,12 @@ def mnist_bench(limit: int, n_fit: int, model_path: str = "builtin:mnist", devic
         [int(names[i]) for i in chosen],
         [Image.fromarray(train.images[i]) for i in fit_rows],
         [int(train.labels[i]) for i in fit_rows],
-        {"model_path": model_path, "device": str(model.device), "test_rows": "held-out digits, classes interleaved"},
+        {
+            "model_path": model_path,
+            "device": str(model.device),
+            "compiled": compiled,
+            "test_rows": "held-out digits, classes interleaved",
+        },
     )
 
 
@@ -214,7 +232,7 @@ def run_bench(bench: Bench, fitted: Fitted, which: str, seed: int, batch_size: i
             winner = ledger.ranking()[0]  # the paired gaps behind the result's probabilities (pipeline.summarize)
             gaps[name].append(torch.tensor([ledger.paired_gap(c, winner) for c in range(K)]))
         done = i + 1
-        if done % max(1, len(bench.inputs) // 10) == 0 or done == len(bench.inputs):
+        if done % max(1, min(10, len(bench.inputs) // 10)) == 0 or done == len(bench.inputs):
             log(f"{bench.name}: {done}/{len(bench.inputs)} images, {time.perf_counter() - began:.0f} s")
             result = {
                 "model": bench.name,
@@ -343,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--designs", choices=["core", "all"], default="all", help="core: no extra orders or antithetic")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--compile", action="store_true", help="MNIST: float32 compiled UNet (faster after compiling)")
     ap.add_argument("--mnist-model", default="builtin:mnist", help="the MNIST model (a folder for checkpoints)")
     ap.add_argument("--device", default=None, help="cpu or cuda for the MNIST model (default: the best available)")
     ap.add_argument("--json", action="store_true", help='print {"rows": [...]} on stdout')
@@ -375,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = (
             gaussian_bench(n, args.fit_images, args.seed)
             if name == "gaussian"
-            else mnist_bench(n, args.fit_images, args.mnist_model, args.device)
+            else mnist_bench(n, args.fit_images, args.mnist_model, args.device, args.compile)
         )
         fitted = fit(bench, args.fit_trials, args.seed, args.batch_size)
         values = [round(v, 3) for v in fitted.weights.values]

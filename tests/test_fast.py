@@ -263,3 +263,28 @@ def test_bench_bad_input_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["classify", "x.png", "--model", "m", "--labels", "a", "--batch-size", "many"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["classify", "eval", "calibrate", "match"])
+@pytest.mark.parametrize("flag", ["--fast", "--no-fast"])
+def test_every_model_command_honours_the_fast_flag(command, flag, image_files, tmp_path, monkeypatch, capsys):
+    """The CLI loads its classifier in one place (options.load_classifier), so --fast reaches each command."""
+    seen = {}
+
+    def record(model, **kwargs):
+        seen.update(kwargs)
+        raise UserInputError("recorded")  # stop before any model work
+
+    monkeypatch.setattr(DiffusionClassifier, "from_pretrained", record)
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "cat" / "0.png").write_bytes(image_files[0].read_bytes())
+    folder = f"folder:{tmp_path / 'data'}"
+    argv = {
+        "classify": [str(image_files[0]), "--labels", "cat", "dog"],
+        "eval": ["--dataset", folder, "--out", str(tmp_path / "run")],
+        "calibrate": ["--data", folder, "--out", str(tmp_path / "w.json")],
+        "match": ["--images", str(image_files[0]), "--captions", "a cat", "a dog"],
+    }[command]
+    assert main([command, *argv, "--model", "unused", flag, "--device", "cpu"]) == 2
+    assert "recorded" in capsys.readouterr().err
+    assert seen["fast"] is (flag == "--fast") and seen["device"] == "cpu"

@@ -7,8 +7,7 @@ import argparse
 from ..data.datasets import open_dataset
 from ..errors import UserInputError
 from ..fitting import calibrate
-from ..pipeline import DiffusionClassifier
-from .options import add_model_options, check_batch_size
+from .options import add_model_options, check_batch_size, load_classifier
 
 
 def add_parser(sub) -> None:
@@ -31,9 +30,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--trials must lie in 2..500, got {args.trials}")
     data = open_dataset(args.data, args.split)
     rows = [i for c in data.class_names for i in [j for j, y in enumerate(data.labels) if y == c][: args.per_class]]
-    clf = DiffusionClassifier.from_pretrained(
-        args.model, torch_dtype=args.dtype, device=args.device, image_size=args.image_size
-    )
+    clf = load_classifier(args)
     kw = {"template": args.template} if args.template else {}
     cal = calibrate(
         clf,

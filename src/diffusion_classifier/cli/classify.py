@@ -9,7 +9,6 @@ import sys
 from ..data.images import load_image
 from ..data.prompts import check_labels
 from ..errors import UserInputError
-from ..pipeline import DiffusionClassifier
 from .options import (
     add_label_options,
     add_model_options,
@@ -17,6 +16,7 @@ from .options import (
     check_batch_size,
     efficiency_kwargs,
     labels_from_args,
+    load_classifier,
     schedule_from_args,
 )
 
@@ -41,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.images) == 1:
         load_image(args.images[0])
     efficiency = efficiency_kwargs(args)
-    clf = DiffusionClassifier.from_pretrained(
-        args.model, torch_dtype=args.dtype, device=args.device, image_size=args.image_size, fast=args.fast
-    )
+    clf = load_classifier(args)
     candidates = clf.candidates(labels, args.template, prompts)  # bad labels fail before any image work
     failed = 0
     for path in args.images:

@@ -10,7 +10,7 @@ import torch
 from ..data.datasets import HUB_DATASETS, open_dataset, read_subset_file, select_indices
 from ..data.prompts import DEFAULT_TEMPLATE
 from ..errors import UserInputError
-from ..pipeline import DiffusionClassifier, resolve_schedule
+from ..pipeline import resolve_schedule
 from ..report import markdown_table, summarize_run
 from ..runs import EvalJob, RunStore, Shard, barrier, end_group, eval_candidates, make_config, run_eval, start_group
 from ..schedules import DEFAULT_SCHEDULE, PUBLISHED
@@ -21,6 +21,7 @@ from .options import (
     check_batch_size,
     efficiency_kwargs,
     labels_from_args,
+    load_classifier,
     schedule_from_args,
 )
 
@@ -129,9 +130,7 @@ def classifier_from_args(args: argparse.Namespace, device: str | None):
         from ..clip_baseline import ClipClassifier
 
         return ClipClassifier.from_spec(args.baseline, device)
-    return DiffusionClassifier.from_pretrained(
-        args.model, torch_dtype=args.dtype, device=device, image_size=args.image_size
-    )
+    return load_classifier(args, device)
 
 
 def template_from_args(args: argparse.Namespace, prompts) -> str | None:

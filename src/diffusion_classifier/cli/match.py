@@ -10,7 +10,7 @@ import sys
 from ..errors import UserInputError
 from ..matching import DiffusionMatcher, MatchResult, PairScorer, match
 from ..schedules import interval_grid
-from .options import add_model_options, check_batch_size
+from .options import add_model_options, check_batch_size, load_classifier
 
 
 def add_parser(sub) -> None:
@@ -70,11 +70,7 @@ def scorers_from_args(args: argparse.Namespace) -> list[PairScorer]:
     seed = 0 if args.seed is None else args.seed
     scorers: list[PairScorer] = []
     if args.model is not None:
-        from ..pipeline import DiffusionClassifier
-
-        clf = DiffusionClassifier.from_pretrained(
-            args.model, torch_dtype=args.dtype, device=args.device, image_size=args.image_size
-        )
+        clf = load_classifier(args)
         timesteps = interval_grid(args.t_interval, clf.model.num_train_timesteps)
         scorers.append(
             DiffusionMatcher(clf, timesteps, seed, args.noise_file, args.loss, args.normalize, args.batch_size)

@@ -27,6 +27,19 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
     )
 
 
+def load_classifier(args: argparse.Namespace, device: str | None = None):
+    """The diffusion classifier of add_model_options' flags: the one place the CLI loads one (--fast included)."""
+    from ..pipeline import DiffusionClassifier
+
+    return DiffusionClassifier.from_pretrained(
+        args.model,
+        torch_dtype=args.dtype,
+        device=device or args.device,
+        image_size=args.image_size,
+        fast=args.fast,
+    )
+
+
 def add_label_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("labels")
     g.add_argument("--labels", nargs="+", default=None, help="candidate labels")
