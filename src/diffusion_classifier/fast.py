@@ -89,7 +89,12 @@ def is_conv_network(net: torch.nn.Module, at_least: int = 4) -> bool:
 
 def optimize_network(net: torch.nn.Module, config: FastConfig, channels_last: bool) -> torch.nn.Module:
     """A cast (and maybe channels_last, compiled) copy of net; net itself is left unchanged."""
-    fast = copy.deepcopy(net).to(dtype=FAST_DTYPES[config.dtype])
+    fast = copy.deepcopy(net)
+    dtype = FAST_DTYPES[config.dtype]
+    if (
+        getattr(next(fast.parameters(), None), "dtype", dtype) != dtype
+    ):  # diffusers warns on every to(dtype), even a no-op one
+        fast = fast.to(dtype=dtype)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
     if config.compile:
