@@ -270,3 +270,23 @@ def test_gated_hub_dataset_offline_is_a_clear_error(monkeypatch, capsys):
     assert main(["winoground", "--baseline", "clip:unused", "--json"]) == 2
     err = capsys.readouterr().err
     assert "gated" in err and "--data-dir" in err
+
+
+def test_sharded_run_equals_one_process(tiny_sd_path, wino_dir, noise_file, tmp_path, monkeypatch, capsys):
+    """Two shards (RANK 1, then RANK 0, as torchrun would set them) write disjoint record files; rank 0's
+    summary covers every example and equals a single-process run's."""
+    single = run_json(capsys, wino_argv(tiny_sd_path, wino_dir, noise_file))
+    out = tmp_path / "run"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(wino_argv(tiny_sd_path, wino_dir, noise_file)) == 2  # a sharded run needs --out
+    assert "--out" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    assert main(wino_argv(tiny_sd_path, wino_dir, noise_file, out)) == 0
+    assert capsys.readouterr().out == ""  # only rank 0 reports
+    monkeypatch.setenv("RANK", "0")
+    sharded = run_json(capsys, wino_argv(tiny_sd_path, wino_dir, noise_file, out))
+    files = {p.name: [json.loads(line)["index"] for line in p.read_text().splitlines()] for p in out.glob("records-*")}
+    assert files == {"records-rank00000.jsonl": [0, 2], "records-rank00001.jsonl": [1]}
+    for a, b in zip(sharded["examples"], single["examples"], strict=True):
+        assert a == pytest.approx(b)
+    assert {k: v for k, v in sharded.items() if k != "examples"} == {k: v for k, v in single.items() if k != "examples"}

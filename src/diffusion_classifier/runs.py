@@ -64,6 +64,14 @@ class Shard:
         """This process's share: every world_size-th selected image, starting at position rank."""
         return indices[self.rank :: self.world_size]
 
+    def device(self, device: str | None) -> str | None:
+        """The device this process uses: its own GPU (cuda:LOCAL_RANK) when several processes share CUDA."""
+        import torch
+
+        if device in (None, "auto", "cuda") and self.world_size > 1 and torch.cuda.is_available():
+            return f"cuda:{self.local_rank}"
+        return device
+
 
 def start_group(shard: Shard) -> bool:
     """Join the process group of a launcher (gloo: only barriers are needed); False when running alone."""

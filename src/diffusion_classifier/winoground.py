@@ -32,7 +32,7 @@ from .data.datasets import decode_image
 from .errors import UserInputError
 from .matching import PairScorer
 from .metrics import wilson_interval
-from .runs import RunStore, package_versions, write_atomic
+from .runs import RunStore, Shard, package_versions, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -362,15 +362,18 @@ def run_winoground(
     store: RunStore | None = None,
     limit: int | None = None,
     progress: bool = False,
+    shard: Shard | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Score the first `limit` examples (all by default) not yet in the store; all their records by index.
+    """Score this shard's share of the first `limit` examples (all by default) not yet in the store.
 
-    With a store, every record is appended (crash-safe) as soon as it is done, so a rerun resumes.
+    Returns the records of the shard's share by index. With a store, every record is appended
+    (crash-safe, to the shard's own file) as soon as it is done, so a rerun resumes.
     """
-    indices = range(len(data) if limit is None else min(limit, len(data)))
+    shard = shard or Shard()
+    indices = shard.take(tuple(range(len(data) if limit is None else min(limit, len(data)))))
     records = store.records() if store is not None else {}
     todo = [i for i in indices if i not in records]
-    writer = store.writer(0) if store is not None and todo else None
+    writer = store.writer(shard.rank) if store is not None and todo else None
     try:
         for i in tqdm(todo, desc="Winoground", unit="example", disable=not progress, file=sys.stderr):
             records[i] = score_example(data, i, scorers)

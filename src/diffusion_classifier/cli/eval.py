@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from ..data.datasets import HUB_DATASETS, open_dataset, read_subset_file, select_indices
 from ..data.prompts import DEFAULT_TEMPLATE
 from ..errors import UserInputError
@@ -84,10 +82,7 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
     dataset = open_dataset(args.dataset, args.split, args.data_dir, args.image_column, args.label_column)
     subset = read_subset_file(args.subset) if args.subset else None
     indices = select_indices(len(dataset), args.limit, subset)
-    device = args.device
-    if device in (None, "auto", "cuda") and shard.world_size > 1 and torch.cuda.is_available():
-        device = f"cuda:{shard.local_rank}"  # one GPU per process of a launcher
-    clf = classifier_from_args(args, device)
+    clf = classifier_from_args(args, shard.device(args.device))
     default = PUBLISHED.get(dataset.name) or getattr(clf.model, "default_schedule", DEFAULT_SCHEDULE)
     schedule, loss = resolve_schedule(schedule_from_args(args, clf.model.num_train_timesteps), args.loss, default)
     job = EvalJob(

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
+from ..errors import UserInputError
 from ..matching import DiffusionMatcher
-from ..runs import RunStore
+from ..runs import RunStore, Shard, barrier, end_group, start_group
 from ..winoground import (
     WinogroundConfig,
     claim,
@@ -26,7 +27,8 @@ def add_parser(sub) -> None:
         help="Winoground text / image / group scores (image-text matching)",
         description="Scores each (image, caption) pair by minus the mean error over t in range(K // 2, 1000, K), "
         "the i-th timestep with noise i, the same noise for all four pairs (Li et al. 2023). Winoground is gated "
-        "on the hub: accept its terms and `hf auth login`, or pass --data-dir with a local copy.",
+        "on the hub: accept its terms and `hf auth login`, or pass --data-dir with a local copy. Run it under "
+        "`torchrun --nproc-per-node=N -m diffusion_classifier winoground --out DIR ...` to shard the examples.",
     )
     p.add_argument(
         "--data-dir", default=None, help="a local copy: examples.jsonl + images/, or a datasets save_to_disk folder"
@@ -40,24 +42,45 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
-        from ..errors import UserInputError
-
         raise UserInputError(f"--limit must be at least 1, got {args.limit}")
+    shard = Shard.from_env()
+    if shard.world_size > 1 and args.out is None:
+        raise UserInputError("a run over several processes needs --out: each process writes its records there")
     data = open_winoground(args.data_dir)  # a missing or gated dataset fails before any model loads
-    scorers = scorers_from_args(args)
-    n = len(data) if args.limit is None else min(args.limit, len(data))
-    store = None
-    if args.out is not None:
-        store = RunStore(args.out)
-        claim(store, make_config(args, data.source, n, scorers))
-    records = run_winoground(data, scorers, store, args.limit, progress=sys.stderr.isatty())
-    summaries = [summarize(records, s.name, n) for s in scorers]
+    args.device = shard.device(args.device)
+    grouped = start_group(shard)
+    try:
+        summaries = score(args, data, shard, grouped)
+    finally:
+        end_group(grouped)
+    if shard.rank != 0:
+        return 0
     if args.json:
         print(json.dumps(results_json(summaries)))
     else:
         for s in summaries:
             print(markdown_table(s))
     return 0
+
+
+def score(args: argparse.Namespace, data, shard: Shard, grouped: bool) -> list:
+    """Claim the run directory, score this shard's examples; every scorer's summary of the whole run."""
+    scorers = scorers_from_args(args)
+    n = len(data) if args.limit is None else min(args.limit, len(data))
+    store = None
+    if args.out is not None:
+        store = RunStore(args.out)
+        config = make_config(args, data.source, n, scorers)
+        if shard.rank == 0:
+            claim(store, config)  # rank 0 creates the directory; the others check against what it wrote
+        barrier(grouped)
+        if shard.rank != 0:
+            claim(store, config)
+    records = run_winoground(data, scorers, store, args.limit, progress=sys.stderr.isatty(), shard=shard)
+    barrier(grouped)  # every shard's records are on disk before rank 0 summarises
+    if store is not None:
+        records = {i: r for i, r in store.records().items() if i < n}
+    return [summarize(records, s.name, n) for s in scorers]
 
 
 def make_config(args: argparse.Namespace, source: str, n: int, scorers) -> WinogroundConfig:
