@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import metadata
@@ -90,6 +90,15 @@ def barrier(grouped: bool) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def claim_in_turn(shard: Shard, grouped: bool, claim: Callable[[], None]) -> None:
+    """Rank 0 claims the run directory first (creating it); the other ranks then check theirs against it."""
+    if shard.rank == 0:
+        claim()
+    barrier(grouped)
+    if shard.rank != 0:
+        claim()
 
 
 def end_group(grouped: bool) -> None:

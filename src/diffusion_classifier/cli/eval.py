@@ -10,7 +10,18 @@ from ..data.prompts import DEFAULT_TEMPLATE
 from ..errors import UserInputError
 from ..pipeline import resolve_schedule
 from ..report import markdown_table, summarize_run
-from ..runs import EvalJob, RunStore, Shard, barrier, end_group, eval_candidates, make_config, run_eval, start_group
+from ..runs import (
+    EvalJob,
+    RunStore,
+    Shard,
+    barrier,
+    claim_in_turn,
+    end_group,
+    eval_candidates,
+    make_config,
+    run_eval,
+    start_group,
+)
 from ..schedules import DEFAULT_SCHEDULE, PUBLISHED
 from .options import (
     add_label_options,
@@ -107,11 +118,7 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
         model_info=clf.model.describe(),
     )
     store = RunStore(args.out)
-    if shard.rank == 0:
-        store.claim(config)  # rank 0 creates the directory; the others check against what it wrote
-    barrier(grouped)
-    if shard.rank != 0:
-        store.claim(config)
+    claim_in_turn(shard, grouped, lambda: store.claim(config))
     run_eval(clf, job, store, shard, progress=sys.stderr.isatty() if progress is None else progress)
     barrier(grouped)  # every shard's records are on disk before rank 0 summarises
     return summarize_run(store)

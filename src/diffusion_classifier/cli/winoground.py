@@ -8,7 +8,7 @@ import sys
 
 from ..errors import UserInputError
 from ..matching import DiffusionMatcher
-from ..runs import RunStore, Shard, barrier, end_group, start_group
+from ..runs import RunStore, Shard, barrier, claim_in_turn, end_group, start_group
 from ..winoground import (
     WinogroundConfig,
     claim,
@@ -71,11 +71,7 @@ def score(args: argparse.Namespace, data, shard: Shard, grouped: bool) -> list:
     if args.out is not None:
         store = RunStore(args.out)
         config = make_config(args, data.source, n, scorers)
-        if shard.rank == 0:
-            claim(store, config)  # rank 0 creates the directory; the others check against what it wrote
-        barrier(grouped)
-        if shard.rank != 0:
-            claim(store, config)
+        claim_in_turn(shard, grouped, lambda: claim(store, config))
     records = run_winoground(data, scorers, store, args.limit, progress=sys.stderr.isatty(), shard=shard)
     barrier(grouped)  # every shard's records are on disk before rank 0 summarises
     if store is not None:
