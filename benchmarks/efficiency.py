@@ -140,10 +140,13 @@ def designs(T: int, which: str = "all") -> list[tuple[str, Any, str]]:
     """(row name, schedule, weighting) per row; weighting is 'uniform', 'exp' or 'fitted'.
 
     'core' keeps the rows whose trials are full's (free once full is computed) plus staged; 'all' adds
-    the other timestep orders and antithetic noise, whose trials cost new model calls.
+    the other timestep orders and antithetic noise, whose trials cost new model calls; 'orders' is full,
+    default racing and those added rows only (to measure them on a slow model).
     """
     stratified = tuple(ordered_grid(master_grid(GRID, T), "stratified"))
     rows: list[tuple[str, Any, str]] = [("full", Full(stratified), "uniform")]
+    if which == "orders":
+        return rows + [("racing", Racing(), "uniform")] + design_variants()
     rows += [(f"full-{n}", Full(stratified[:n]), "uniform") for n in (20, 50, 100)]
     rows.append(("staged", Staged((50, 500), (5, 1)), "uniform"))
     rows.append(("racing", Racing(), "uniform"))
@@ -154,10 +157,16 @@ def designs(T: int, which: str = "all") -> list[tuple[str, Any, str]]:
     rows.append(("racing weights=exp", Racing(), "exp"))
     rows.append(("racing weights=fitted", Racing(), "fitted"))
     rows.append(("full weights=fitted", Full(stratified), "fitted"))
-    if which == "all":
-        rows += [(f"racing order={o}", Racing(order=o), "uniform") for o in ("golden", "random", "ascending")]
-        rows.append(("racing antithetic", Racing(antithetic=True), "uniform"))
-        rows.append(("racing antithetic rounds=6", Racing(antithetic=True, round_trials=6), "uniform"))
+    return rows + design_variants() if which == "all" else rows
+
+
+def design_variants() -> list[tuple[str, Any, str]]:
+    """Racing with the other timestep orders and with antithetic noise: trials that are not full's."""
+    rows: list[tuple[str, Any, str]] = [
+        (f"racing order={o}", Racing(order=o), "uniform") for o in ("golden", "random", "ascending")
+    ]
+    rows.append(("racing antithetic", Racing(antithetic=True), "uniform"))
+    rows.append(("racing antithetic rounds=6", Racing(antithetic=True, round_trials=6), "uniform"))
     return rows
 
 
@@ -358,7 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="images per model (default: 1000)")
     ap.add_argument("--fit-images", type=int, default=50, help="labelled images to fit weights and temperature")
     ap.add_argument("--fit-trials", type=int, default=500, help="trials per label on the fit images (<= 500)")
-    ap.add_argument("--designs", choices=["core", "all"], default="all", help="core: no extra orders or antithetic")
+    ap.add_argument(
+        "--designs",
+        choices=["core", "all", "orders"],
+        default="all",
+        help="core: no extra orders or antithetic; orders: full, racing and those only",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--compile", action="store_true", help="MNIST: float32 compiled UNet (faster after compiling)")
