@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import build_tiny_class_unet
 from diffusion_classifier import DiffusionClassifier
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.models.class_conditional import ClassUNetModel, DiTModel, adm_center_crop
+from diffusion_classifier.models.class_conditional import ClassUNetModel, DiTModel, adm_center_crop, use_original_dit
 from diffusion_classifier.schedules import Full
 
 ID2LABEL = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "crane", "3": "crane, bird", "4": "king penguin"}
@@ -141,6 +141,7 @@ def test_dit_eps_is_the_first_half_of_the_output(dit_folder):
     model = DiffusionClassifier.from_pretrained(dit_folder, device="cpu").model
     assert isinstance(model, DiTModel) and model.latent_shape == (4, 4, 4) and model.image_size == 8
     transformer = DiTTransformer2DModel.from_pretrained(dit_folder, subfolder="transformer")
+    use_original_dit(transformer)  # the adapter's default network (tests/test_dit.py checks it against the original)
     x_t, t = torch.randn(3, 4, 4, 4), torch.tensor([5, 500, 995])
     out = transformer(x_t, timestep=t, class_labels=torch.tensor([1, 4, 0])).sample
     assert out.shape == (3, 8, 4, 4)

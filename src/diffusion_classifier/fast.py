@@ -114,7 +114,8 @@ class FastModel(DiffusionAdapter):
 
     def __init__(self, model: DiffusionAdapter, config: FastConfig | None = None):
         self.inner = model  # left as loaded: the reference and the safe fallback
-        self.config = config or FastConfig.for_device(model.device)
+        # an adapter may pin settings its published arithmetic needs (DiT: float32, no TF32)
+        self.config = config or FastConfig.for_device(model.device, **getattr(model, "fast_overrides", {}))
         attr = find_denoiser(model)
         net = getattr(model, attr)
         self.channels_last = (

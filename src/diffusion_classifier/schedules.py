@@ -196,6 +196,10 @@ PUBLISHED: dict[str, tuple[Staged, Loss]] = {
     "objectnet": (Staged((50, 100, 500, 1000), (25, 10, 5, 1)), "l2"),
 }
 
+#: The published DiT-XL/2 protocol (SPEC.md §3; eval_prob_dit.py --t_interval 4 --randomize_noise): every class
+#: on the 250 timesteps range(2, 1000, 4), the i-th timestep with noise i, l2. DiT models' default schedule.
+DIT_SCHEDULE: tuple[Full, Loss] = (Full(interval_grid(4)), "l2")
+
 #: What runs when no schedule is named: the CIFAR-10 stages with the method's default l2 loss.
 DEFAULT_SCHEDULE: tuple[Staged, Loss] = (Staged((50, 500), (5, 1)), "l2")
 
@@ -243,4 +247,9 @@ def check_timesteps(timesteps, T: int) -> None:
         raise UserInputError(f"timestep {bad[0]} is outside the model's range 0..{T - 1}")
 
 
-SCHEDULES: dict[str, tuple[Schedule, Loss]] = {"default": DEFAULT_SCHEDULE, **PUBLISHED, "racing": (Racing(), "l2")}
+SCHEDULES: dict[str, tuple[Schedule, Loss]] = {
+    "default": DEFAULT_SCHEDULE,
+    **PUBLISHED,
+    "dit": DIT_SCHEDULE,
+    "racing": (Racing(), "l2"),
+}

@@ -34,6 +34,7 @@ DATASET_CLASSES: dict[str, int] = {
     "aircraft": 100,
     "imagenet": 1000,
     "objectnet": 113,
+    "dit": 1000,  # DiT-XL/2 on ImageNet
 }
 REFERENCE_BATCH = 32  # the reference code's batch size
 

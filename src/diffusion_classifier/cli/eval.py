@@ -94,7 +94,8 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
     subset = read_subset_file(args.subset) if args.subset else None
     indices = select_indices(len(dataset), args.limit, subset)
     clf = classifier_from_args(args, shard.device(args.device))
-    default = PUBLISHED.get(dataset.name) or getattr(clf.model, "default_schedule", DEFAULT_SCHEDULE)
+    # a model's own protocol (DiT's) before the dataset's published one (Stable Diffusion's), then the default
+    default = getattr(clf.model, "default_schedule", None) or PUBLISHED.get(dataset.name) or DEFAULT_SCHEDULE
     schedule, loss = resolve_schedule(schedule_from_args(args, clf.model.num_train_timesteps), args.loss, default)
     job = EvalJob(
         dataset=dataset,

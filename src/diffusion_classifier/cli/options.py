@@ -8,6 +8,7 @@ from pathlib import Path
 from ..calibration import check_temperature
 from ..data.prompts import Candidates, read_labels_file, read_prompts_csv
 from ..errors import UserInputError
+from ..models.class_conditional import DIT_NETWORKS
 from ..schedules import Full, Racing, Schedule, Staged, parse_timesteps, schedule_names
 from ..timesteps import ORDERS
 from ..weighting import WEIGHTINGS
@@ -25,6 +26,12 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
         default=None,
         help="the fast path: fp16, torch.compile, static shapes (default: on with CUDA, off on the CPU)",
     )
+    g.add_argument(
+        "--dit-network",
+        choices=DIT_NETWORKS,
+        default=None,
+        help="DiT models: the original DiT network the published numbers come from (default), or diffusers' port",
+    )
 
 
 def load_classifier(args: argparse.Namespace, device: str | None = None):
@@ -37,6 +44,7 @@ def load_classifier(args: argparse.Namespace, device: str | None = None):
         device=device or args.device,
         image_size=args.image_size,
         fast=args.fast,
+        **({"dit_network": args.dit_network} if args.dit_network else {}),  # other families take no such option
     )
 
 

@@ -7,14 +7,17 @@ Folder layouts:
   from it) and classifier_config.json (class_names, image_size, channels, optional default_schedule).
   This is what `diffusion-classifier train` writes and what builtin:mnist holds.
 - DiT: a DiTPipeline folder (model_index.json, transformer/, vae/, scheduler/), e.g. facebook/DiT-XL-2-256;
-  class names come from the pipeline's id2label.
+  class names come from the pipeline's id2label. By default the adapter runs the original DiT network
+  (facebookresearch/DiT models.py) that the published numbers come from, not diffusers' port of it
+  (use_original_dit); dit_network="diffusers" keeps the port as it is.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from PIL import Image
 
 from ..data.images import center_crop, resize_short_side, to_tensor
 from ..errors import UserInputError
+from ..schedules import Full, get_schedule
 from . import Family, register_family
 from .base import DiffusionAdapter
 
@@ -100,10 +104,6 @@ def schedule_from_spec(spec: dict[str, Any] | None):
     {"timesteps": [...]} for a Full schedule, or {"name": NAME, "params": {...}} for a named schedule with
     some fields replaced (e.g. {"name": "racing", "params": {"alpha": 0.01}}); "loss" is optional.
     """
-    from dataclasses import replace
-
-    from ..schedules import Full, get_schedule
-
     if not spec:
         return None
     if "name" in spec:
@@ -209,13 +209,53 @@ def dit_labels(id2label: dict[str, str] | None, num_classes: int) -> tuple[list[
     return names, aliases
 
 
+#: What DiTModel runs: "original" the facebookresearch/DiT network (the published numbers), "diffusers" the port.
+DiTNetwork = Literal["original", "diffusers"]
+DIT_NETWORKS: tuple[str, ...] = get_args(DiTNetwork)
+
+
+def check_dit_network(network: str) -> None:
+    if network not in DIT_NETWORKS:
+        raise UserInputError(f"unknown DiT network {network!r}; choose one of {', '.join(DIT_NETWORKS)}")
+
+
+def use_original_dit(transformer) -> None:
+    """Make diffusers' DiTTransformer2DModel compute the original DiT network (facebookresearch/DiT models.py).
+
+    The port differs from the original in two places; everything else (patch and position embeddings,
+    adaLN-Zero, attention, tanh-GELU MLP, final layer, unpatchify) computes the same:
+    1. TimestepEmbedder: frequencies exp(-ln(10^4) k / half), k < half = 128; the port's Timesteps uses
+       downscale_freq_shift=1, i.e. / (half - 1): every frequency but the first is slightly higher.
+    2. DiTBlock.norm2 (before the MLP): LayerNorm eps 1e-6; the port's norm3 takes norm_eps (1e-5 by default).
+    Each block carries its own copy of the embedders (block 0's also feeds the final layer): all are patched.
+    """
+    for block in transformer.transformer_blocks:
+        block.norm1.emb.time_proj.downscale_freq_shift = 0
+        block.norm3.eps = 1e-6
+
+
 class DiTModel(DiffusionAdapter):
-    """x0 = VAE posterior mean x scaling_factor of the ADM-cropped image; eps = the first C output channels."""
+    """x0 = VAE posterior mean x scaling_factor of the ADM-cropped image; eps = the first C output channels.
+
+    The default schedule is the published DiT protocol (schedules.py "dit"). Loaded in float32 (the default),
+    the fast path keeps float32 without TF32 matmuls, as the official DiT script runs; --dtype float16 for speed.
+    """
 
     conditioning = "class"
 
-    def __init__(self, transformer, vae, alphas_cumprod: torch.Tensor, id2label: dict | None = None, name: str = ""):
-        self.transformer, self.vae, self.name = transformer, vae, name
+    def __init__(
+        self,
+        transformer,
+        vae,
+        alphas_cumprod: torch.Tensor,
+        id2label: dict | None = None,
+        name: str = "",
+        network: DiTNetwork = "original",
+    ):
+        check_dit_network(network)
+        if network == "original":
+            use_original_dit(transformer)
+        self.transformer, self.vae, self.name, self.network = transformer, vae, name, network
         self.device, self.dtype = transformer.device, transformer.dtype
         self._alphas_cumprod = alphas_cumprod
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -223,13 +263,23 @@ class DiTModel(DiffusionAdapter):
         n = transformer.config.num_embeds_ada_norm
         self.class_names, aliases = dit_labels(id2label, n)
         self._index = label_index(self.class_names, aliases)
+        self.default_schedule = get_schedule("dit")  # the pipeline uses this when no schedule is given
+        if self.dtype == torch.float32:  # read by the fast path (fast.py): the official float32 arithmetic
+            self.fast_overrides = {"dtype": "float32", "tf32": False}
 
     @classmethod
     def from_pretrained(
-        cls, path: Path, dtype: torch.dtype, device: torch.device, image_size: int | None = None, **_: Any
+        cls,
+        path: Path,
+        dtype: torch.dtype,
+        device: torch.device,
+        image_size: int | None = None,
+        dit_network: DiTNetwork = "original",
+        **_: Any,
     ) -> DiTModel:
         from diffusers import AutoencoderKL, DiTTransformer2DModel
 
+        check_dit_network(dit_network)  # before the slow load
         try:
             index = json.loads((path / "model_index.json").read_text())
             kw = {"torch_dtype": dtype, "use_safetensors": True}
@@ -240,7 +290,7 @@ class DiTModel(DiffusionAdapter):
             raise load_failed("DiT", path, exc) from None
         for m in (transformer, vae):
             m.to(device).eval().requires_grad_(False)
-        model = cls(transformer, vae, alphas_cumprod, index.get("id2label"), name=str(path))
+        model = cls(transformer, vae, alphas_cumprod, index.get("id2label"), name=str(path), network=dit_network)
         check_image_size(image_size, model.image_size, str(path))
         return model
 
@@ -270,6 +320,7 @@ class DiTModel(DiffusionAdapter):
         return {
             "adapter": "DiTModel",
             "model": self.name,
+            "network": self.network,
             "classes": len(self.class_names),
             "image_size": self.image_size,
             "dtype": str(self.dtype).removeprefix("torch."),
