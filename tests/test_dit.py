@@ -372,3 +372,15 @@ def counting(fn, calls: list[int]):
         return fn(x_t, t, cond)
 
     return wrapped
+
+
+@pytest.mark.parametrize("dtype, fast_dtype, tf32", [("float32", "float32", False), ("bfloat16", "float16", True)])
+def test_the_fast_path_keeps_dit_in_float32(folder, dtype, fast_dtype, tf32):
+    """On CUDA the fast path runs a float32 DiT as the official script does (no half precision, no TF32 matmuls);
+    a DiT loaded in half precision gets the usual fast settings."""
+    from diffusion_classifier.fast import FastModel
+
+    model = DiffusionClassifier.from_pretrained(folder, device="cpu", torch_dtype=dtype).model
+    model.device = torch.device("cuda")  # the settings CUDA would get; building them runs nothing on the device
+    config = FastModel(model).config
+    assert (config.dtype, config.tf32, config.compile) == (fast_dtype, tf32, True)
