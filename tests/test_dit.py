@@ -384,3 +384,15 @@ def test_the_fast_path_keeps_dit_in_float32(folder, dtype, fast_dtype, tf32):
     model.device = torch.device("cuda")  # the settings CUDA would get; building them runs nothing on the device
     config = FastModel(model).config
     assert (config.dtype, config.tf32, config.compile) == (fast_dtype, tf32, True)
+
+
+def test_dit_network_on_another_model_is_refused(tmp_path, image, capsys):
+    from conftest import build_tiny_class_unet
+
+    build_tiny_class_unet(tmp_path)
+    argv = ["classify", str(image), "--model", str(tmp_path), "--device", "cpu", "--dit-network", "diffusers"]
+    assert main(argv) == 2
+    assert "--dit-network applies to DiT models only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv[:-1], "dit2"])  # not a choice
+    assert exit_.value.code == 2

@@ -38,7 +38,7 @@ def load_classifier(args: argparse.Namespace, device: str | None = None):
     """The diffusion classifier of add_model_options' flags: the one place the CLI loads one (--fast included)."""
     from ..pipeline import DiffusionClassifier
 
-    return DiffusionClassifier.from_pretrained(
+    clf = DiffusionClassifier.from_pretrained(
         args.model,
         torch_dtype=args.dtype,
         device=device or args.device,
@@ -46,6 +46,9 @@ def load_classifier(args: argparse.Namespace, device: str | None = None):
         fast=args.fast,
         **({"dit_network": args.dit_network} if args.dit_network else {}),  # other families take no such option
     )
+    if args.dit_network and getattr(clf.model, "network", None) is None:
+        raise UserInputError(f"--dit-network applies to DiT models only; {args.model} is not one: leave it out")
+    return clf
 
 
 def add_label_options(p: argparse.ArgumentParser) -> None:
