@@ -65,7 +65,9 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
         help=f"builtin:mnist, folder:PATH, {', '.join(HUB_DATASETS)}, a save_to_disk folder or a hub id",
     )
     g.add_argument("--split", default=None, help="dataset split (default: the one the paper evaluates)")
-    g.add_argument("--data-dir", default=None, help="a local save_to_disk copy of a named dataset")
+    g.add_argument(
+        "--data-dir", default=None, help="a local copy of a named dataset: a save_to_disk folder or class folders"
+    )
     g.add_argument("--image-column", default=None, help="image column of a HF dataset (default: detected)")
     g.add_argument("--label-column", default=None, help="label column of a HF dataset (default: detected)")
     sel = g.add_mutually_exclusive_group()

@@ -2,8 +2,8 @@
 
 Every source becomes an EvalDataset: labels are known up front (cheap), images are decoded one at a
 time on request (lazily, so a bad image fails alone and a run never holds the dataset in memory).
-Dataset labels are class names; for the paper's datasets they are the classnames of the published
-prompts CSV, so they match the candidates built from it.
+For the paper's datasets every label is mapped to the published prompts table's classidx (registry
+HUB_DATASETS: by class name, or by index with anchor checks; docs/protocols.md cites each source).
 """
 
 from __future__ import annotations
@@ -27,32 +27,50 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclass(frozen=True)
 class HubSpec:
-    """Where one of the paper's datasets lives on the Hugging Face hub and how its columns read.
+    """One of the paper's datasets: where a copy lives, its columns, and how its labels become the
+    published prompts table's classidx (docs/protocols.md cites the source of every mapping).
 
-    label_ids: "auto" maps a ClassLabel name to the prompts CSV classname when every name matches
-    (case, '_' and ' ' ignored), else the integer label is the CSV classidx; "number" means the
-    ClassLabel names are 1-based class numbers ("1".."102").
+    labels: "name": a label's name (its ClassLabel name, or its class folder) is a table classname,
+    compared ignoring case and the separators ' ', '_', '-', '/', after `aliases`; "index": the
+    integer label is the classidx (the names are of another vocabulary), and `anchors` must hold.
     """
 
-    hub_id: str | None  # None: no usable public copy; pass a local copy with --data-dir
+    hub_id: str | None  # None: no verified public copy; pass a local copy with --data-dir
     split: str
     image_column: str = "image"
     label_column: str = "label"
-    label_ids: Literal["auto", "number"] = "auto"
+    labels: Literal["name", "index"] = "name"
+    aliases: tuple[tuple[str, str], ...] = ()  # (the copy's name, the table's classname): typos in a copy
+    anchors: tuple[tuple[int, tuple[str, ...]], ...] = ()  # (classidx, names class classidx may carry)
+    extra_classes: bool = False  # the copy holds classes outside the table: their images are skipped
+    crop_border: int = 0  # pixels cut from every side of each image on load, as the official code does
 
 
-#: Our dataset names -> hub copies. The hub copies are community uploads: check that their label ids
-#: follow the torchvision order of the published prompts (see docs/evaluation.md) before trusting a number.
+#: ImageNet's class order is WordNet-id order; the names of a copy are lemma lists ("tench, Tinca tinca")
+#: or wnids (class folders), never the table's names: these hand-checked classes pin the order.
+IMAGENET_ANCHORS = (
+    (0, ("tench", "n01440764")),
+    (1, ("goldfish", "n01443537")),
+    (657, ("missile", "n03773504")),
+    (744, ("projectile", "n04008634")),
+    (836, ("sunglass", "n04355933")),
+    (837, ("sunglasses", "n04356056")),
+    (999, ("toilet tissue", "n15075141")),
+)
+
+#: Our dataset names -> verified copies. docs/protocols.md says where each mapping was checked.
 HUB_DATASETS: dict[str, HubSpec] = {
     "cifar10": HubSpec("uoft-cs/cifar10", "test", image_column="img"),
-    "cifar100": HubSpec("uoft-cs/cifar100", "test", image_column="img", label_column="fine_label"),
+    "cifar100": HubSpec(
+        "uoft-cs/cifar100", "test", image_column="img", label_column="fine_label", aliases=(("cra", "crab"),)
+    ),
     "stl10": HubSpec("tanganke/stl10", "test"),
     "pets": HubSpec("timm/oxford-iiit-pet", "test"),
-    "flowers": HubSpec("nelorth/oxford-flowers", "test", label_ids="number"),
-    "food": HubSpec("ethz/food101", "validation"),
-    "aircraft": HubSpec(None, "test"),
-    "imagenet": HubSpec("ILSVRC/imagenet-1k", "validation"),  # gated: accept the terms, then `hf auth login`
-    "objectnet": HubSpec(None, "test"),  # the license forbids redistribution: use a local copy
+    "flowers": HubSpec("dpdl-benchmark/oxford_flowers102", "test"),  # the official 6,149-image test split
+    "food": HubSpec("ethz/food101", "validation"),  # the official 25,250-image test split
+    "aircraft": HubSpec("Donghyun99/FGVC-Aircraft", "test", label_column="variation"),  # "label" is the family
+    "imagenet": HubSpec("ILSVRC/imagenet-1k", "validation", labels="index", anchors=IMAGENET_ANCHORS),
+    "objectnet": HubSpec(None, "test", extra_classes=True, crop_border=2),  # no redistribution: a local copy
     "mnist": HubSpec("ylecun/mnist", "test"),
 }
 
@@ -91,11 +109,17 @@ def open_dataset(
     image_column: str | None = None,
     label_column: str | None = None,
 ) -> EvalDataset:
-    """A dataset by name: builtin:mnist, folder:PATH, one of HUB_DATASETS, a save_to_disk folder or a hub id."""
+    """A dataset by name: builtin:mnist, folder:PATH, one of HUB_DATASETS, a save_to_disk folder or a hub id.
+
+    A named dataset reads its hub copy, or --data-dir: a save_to_disk folder or a folder of class folders.
+    """
     if name == "builtin:mnist":
         return _builtin_mnist(split or "test")
     if name.startswith("folder:"):
         return _folder(name, Path(name.split(":", 1)[1]).expanduser())
+    spec = HUB_DATASETS.get(name)
+    if spec is not None and data_dir is not None and _is_class_folders(Path(data_dir).expanduser()):
+        return _local_class_folders(name, spec, split or spec.split, Path(data_dir).expanduser())
     return _hf(name, split, data_dir, image_column, label_column)
 
 
@@ -121,19 +145,41 @@ def _builtin_mnist(split: str) -> EvalDataset:
 
 
 def _folder(name: str, root: Path) -> EvalDataset:
-    """One subfolder of images per class; the label is the subfolder's name; sorted, so indices are stable."""
+    """One subfolder of images per class; the label is the subfolder's name."""
+    files, classes, ids = _class_folders(root)
+    return EvalDataset(name, "all", [classes[k] for k in ids], lambda i: decode_image(files[i]), classes)
+
+
+def _class_folders(root: Path) -> tuple[list[Path], list[str], list[int]]:
+    """(image files, class names, class id of each file) in torchvision ImageFolder's order, the order the
+    official code indexes (and its --subset_path files count in): classes sorted, then files sorted."""
     if not root.is_dir():
-        raise UserInputError(f"dataset folder not found: {root} (folder:PATH needs one subfolder per class)")
+        raise UserInputError(f"dataset folder not found: {root} (it needs one subfolder of images per class)")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = [
-        (c, f)
-        for c in classes
+        (k, f)
+        for k, c in enumerate(classes)
         for f in sorted((root / c).iterdir())
         if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
     ]
     if not files:
         raise UserInputError(f"no images in {root}: expected {root}/CLASS_NAME/IMAGE.png")
-    return EvalDataset(name, "all", [c for c, _ in files], lambda i: decode_image(files[i][1]), classes)
+    return [f for _, f in files], classes, [k for k, _ in files]
+
+
+def _is_class_folders(path: Path) -> bool:
+    """A folder that datasets' save_to_disk did not write (it always writes one of these files)."""
+    saved = ("dataset_dict.json", "state.json", "dataset_info.json")
+    return path.is_dir() and not any((path / f).is_file() for f in saved)
+
+
+def _local_class_folders(name: str, spec: HubSpec, split: str, root: Path) -> EvalDataset:
+    """A named dataset from a local folder of class folders (e.g. ImageNet val by wnid, ObjectNet's images/)."""
+    files, names, raw = _class_folders(root)
+    prompts = published_prompts(name)
+    rows = _rows_in_table(raw, names, prompts, spec)
+    ids, classes = _label_names([raw[i] for i in rows], names, prompts, spec)
+    return _eval_dataset(name, split, ids, classes, lambda i: decode_image(files[rows[i]]), spec, prompts)
 
 
 def decode_image(source: Any) -> Image.Image:
@@ -143,6 +189,26 @@ def decode_image(source: Any) -> Image.Image:
     with Image.open(source) as img:
         img.load()  # force the decode now, inside the caller's try
         return img.convert("RGB")
+
+
+def crop_border(img: Image.Image, pixels: int) -> Image.Image:
+    """The image less `pixels` on every side (the official ObjectNet loader cuts 2, its red frame)."""
+    return img.crop((pixels, pixels, img.width - pixels, img.height - pixels))
+
+
+def _eval_dataset(
+    name: str,
+    split: str,
+    ids: list[int],
+    classes: list[str],
+    load: Callable[[int], Image.Image],
+    spec: HubSpec | None,
+    prompts: Path | None,
+) -> EvalDataset:
+    border = spec.crop_border if spec else 0
+    image = (lambda i: crop_border(load(i), border)) if border else load
+    # EvalDataset still keys labels by name; the class indices replace them when it takes them.
+    return EvalDataset(name, split, [classes[k] for k in ids], image, classes, prompts)
 
 
 # --- Hugging Face datasets -------------------------------------------------------------------------
@@ -164,11 +230,12 @@ def _hf(
     datasets = _import_datasets()
     spec = HUB_DATASETS.get(name)
     split = split or (spec.split if spec else "test")
-    source = data_dir or (None if spec else name)
+    source = data_dir or (spec.hub_id if spec else name)
     if source is None:
-        source = spec.hub_id
-        if source is None:
-            raise UserInputError(f"{name} has no public copy we can download; pass a local copy with --data-dir PATH")
+        raise UserInputError(
+            f"{name} has no public copy we could verify; pass a local copy with --data-dir PATH "
+            "(a folder of class folders or a save_to_disk folder; see docs/protocols.md)"
+        )
     ds = _load_split(datasets, source, split)
     image_col = image_column or _column(ds, spec.image_column if spec else None, datasets.Image, "image")
     label_col = label_column or _column(ds, spec.label_column if spec else None, datasets.ClassLabel, "label")
@@ -182,9 +249,10 @@ def _hf(
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     raw = list(ds.select_columns([label_col])[label_col])
     prompts = published_prompts(name) if spec else None
-    labels, classes = _label_names(raw, names, prompts, spec.label_ids if spec else "auto")
+    rows = _rows_in_table(raw, names, prompts, spec)
+    ids, classes = _label_names([raw[i] for i in rows], names, prompts, spec)
     images = ds.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
-    return EvalDataset(name, split, labels, lambda i: decode_image(images[i][image_col]), classes, prompts)
+    return _eval_dataset(name, split, ids, classes, lambda i: decode_image(images[rows[i]][image_col]), spec, prompts)
 
 
 def _load_split(datasets, source: str, split: str):
@@ -214,29 +282,85 @@ def _column(ds, preferred: str | None, kind, default: str) -> str:
     return next((col for col, f in ds.features.items() if isinstance(f, kind)), default)
 
 
+# --- labels: a copy's label ids -> the published table's classidx -----------------------------------
+
+
 def _label_names(
-    raw: list, names: list[str] | None, prompts: Path | None, label_ids: str
-) -> tuple[list[str], list[str]]:
-    """(label of each row, class names) as strings; through the prompts CSV's classidx -> classname if any."""
-    if prompts is None:
-        classes = names if names is not None else sorted({str(x) for x in raw})
-        return [classes[x] if names is not None else str(x) for x in raw], classes
+    raw: list, names: list[str] | None, prompts: Path | None, spec: HubSpec | None
+) -> tuple[list[int], list[str]]:
+    """(class index of each row, class names in index order).
+
+    For a named dataset the index is the published table's classidx and the names are the table's (two
+    classes may share a name: ImageNet's 657 and 744 are both "missile"); otherwise the copy's own classes.
+    """
+    if prompts is None or spec is None:
+        return _own_classes(raw, names)
     table = classnames_by_index(prompts)
-    if names is not None and label_ids == "number":
-        ids = [int(n) - 1 for n in names]
-    elif names is not None and {_norm(n) for n in names} == {_norm(c) for c in table}:
-        by_norm = {_norm(c): i for i, c in enumerate(table)}
-        ids = [by_norm[_norm(n)] for n in names]
-    else:
-        ids = None  # the integer label is the classidx
-    bad = [x for x in raw if not isinstance(x, int) or not 0 <= (ids[x] if ids else x) < len(table)]
+    to_table = _class_map(names, table, spec, prompts.name) if names is not None else list(range(len(table)))
+    bad = [x for x in raw if not isinstance(x, int) or not 0 <= x < len(to_table) or to_table[x] is None]
     if bad:
-        raise UserInputError(f"label {bad[0]!r} is not a class index of {prompts.name} (0..{len(table) - 1})")
-    return [table[ids[x] if ids else x] for x in raw], table
+        raise UserInputError(
+            f"label {bad[0]!r} is not a class of {prompts.name} (0..{len(to_table) - 1}); "
+            "check --label-column or use the copy docs/protocols.md names"
+        )
+    return [to_table[x] for x in raw], table
+
+
+def _own_classes(raw: list, names: list[str] | None) -> tuple[list[int], list[str]]:
+    """Any other dataset: its ClassLabel names, else its distinct label values (sorted) as the classes."""
+    if names is not None:
+        return list(raw), names
+    classes = sorted({str(x) for x in raw})
+    index = {c: i for i, c in enumerate(classes)}
+    return [index[str(x)] for x in raw], classes
+
+
+def _class_map(names: list[str], table: list[str], spec: HubSpec, table_name: str) -> list[int | None]:
+    """The table classidx of each class of a copy (None: outside the table; allowed with extra_classes)."""
+    if spec.labels == "index":
+        _check_anchors(names, spec.anchors, table_name)
+        if len(names) != len(table):
+            raise UserInputError(f"this copy has {len(names)} classes and {table_name} {len(table)}: not the same set")
+        return list(range(len(names)))
+    alias = dict(spec.aliases)
+    by_norm = {_norm(c): i for i, c in enumerate(table)}
+    to_table = [by_norm.get(_norm(alias.get(n, n))) for n in names]
+    unknown = [n for n, k in zip(names, to_table) if k is None]
+    if unknown and not spec.extra_classes:
+        raise UserInputError(
+            f"class {unknown[0]!r} of this copy is not a class of {table_name}: its labels cannot be mapped to "
+            "the published classes; use the copy docs/protocols.md names"
+        )
+    hit = [k for k in to_table if k is not None]
+    if len(set(hit)) != len(hit):
+        twice = next(k for k in hit if hit.count(k) > 1)
+        raise UserInputError(f"two classes of this copy are both {table[twice]!r} of {table_name}")
+    return to_table
+
+
+def _check_anchors(names: list[str], anchors: tuple[tuple[int, tuple[str, ...]], ...], table_name: str) -> None:
+    """Index-mapped copies: hand-checked classes must sit at their published ids (a reordered copy fails)."""
+    for k, expected in anchors:
+        have = names[k] if k < len(names) else None
+        lemmas = {_norm(x) for x in str(have).split(",")}
+        if have is None or not lemmas & {_norm(e) for e in expected}:
+            raise UserInputError(
+                f"class {k} of this copy is {have!r}, not {expected[0]!r}: its classes are not in the order of "
+                f"{table_name}; use the copy docs/protocols.md names"
+            )
+
+
+def _rows_in_table(raw: list, names: list[str] | None, prompts: Path | None, spec: HubSpec | None) -> list[int]:
+    """The rows to keep: all, except those of classes outside the table when the spec allows such classes."""
+    if spec is None or prompts is None or names is None or not spec.extra_classes:
+        return list(range(len(raw)))
+    to_table = _class_map(names, classnames_by_index(prompts), spec, prompts.name)
+    return [i for i, x in enumerate(raw) if not (isinstance(x, int) and 0 <= x < len(names)) or to_table[x] is not None]
 
 
 def _norm(name: str) -> str:
-    return re.sub(r"[\s_]+", " ", str(name)).strip().lower()
+    """A class name compared loosely: case and the separators ' ', '_', '-', '/' do not matter."""
+    return re.sub(r"[\s_\-/]+", " ", str(name)).strip().lower()
 
 
 def classnames_by_index(prompts: Path) -> list[str]:
