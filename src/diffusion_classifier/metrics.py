@@ -21,7 +21,8 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # k = 0 and k = n: the bounds are exactly 0 and 1 (rounding would put them a hair inside, past p)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def accuracy(labels: Sequence[Hashable], predictions: Sequence[Hashable]) -> float:

@@ -90,6 +90,24 @@ class EvalDataset:
         self._load = load
         self.prompts = prompts  # the published prompts CSV, for text models
 
+    @classmethod
+    def from_names(
+        cls,
+        name: str,
+        split: str,
+        labels: Sequence[str],
+        load: Callable[[int], Any],
+        class_names: Sequence[str] | None = None,
+        prompts: Path | None = None,
+    ) -> EvalDataset:
+        """A dataset whose images are labelled by class name (names unique; default: in order of appearance)."""
+        class_names = list(class_names) if class_names is not None else list(dict.fromkeys(labels))
+        index = {c: k for k, c in enumerate(class_names)}
+        missing = next((x for x in labels if x not in index), None)
+        if missing is not None:
+            raise UserInputError(f"{name}: label {missing!r} is not one of its class names")
+        return cls(name, split, [index[x] for x in labels], class_names, load, prompts)
+
     @property
     def labels(self) -> list[str]:
         """The class name of each image."""
