@@ -74,8 +74,8 @@ class Candidates:
     def keys(self) -> list[str]:
         """One distinct name per candidate (the keys of a result's errors).
 
-        The class name when each class has one candidate, else the condition (prompt); prefixed with
-        "classidx:" when that name alone repeats (the published ImageNet table: "657:missile").
+        The class name when each class has one candidate, else the condition (prompt); when these names
+        repeat, every key is "classidx:name" (the published ImageNet table: "0:tench", "657:missile").
         """
         one_each = len(self.classes) == len(self)
         names = self.labels if one_each else self.conditions
