@@ -138,7 +138,7 @@ def test_per_class_subset_is_stratified_seeded_and_grows_as_a_prefix(digits):
 def test_per_class_takes_what_a_small_class_has_and_says_so_once(caplog):
     picks = per_class_subset([0, 0, 0, 1, 2, 2], 3, 2, seed=0)
     assert sorted(picks).count(3) == 1 and len(picks) == 5
-    assert len([r for r in caplog.records if "fewer than 2" in r.message]) == 1
+    assert len([r for r in caplog.records if "fewer images than --per-class 2" in r.message]) == 1
 
 
 def test_limit_is_a_prefix_of_a_seeded_shuffle(digits):
@@ -295,3 +295,29 @@ def test_bad_labels_files(tiny_sd_path, image_files, tmp_path, capsys, content, 
     code, _, err = run_cli(capsys, "classify", image_files[0], "--model", tiny_sd_path, "--labels-file",
                            tmp_path / "l.txt", "--timesteps", "500")  # fmt: skip
     one_line_exit_2(code, err, needle, str(tmp_path / "l.txt"))
+
+
+def test_eval_imagenet_per_class_on_a_local_copy(tiny_sd_path, tmp_path, capsys, caplog):
+    """`eval --dataset imagenet --per-class N` with the published table: records carry class indices."""
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)) for _ in range(4)]
+    ds = datasets.Dataset.from_dict({"image": images, "label": [744, 657, 744, 3]})
+    ds.save_to_disk(str(tmp_path / "imagenet"))
+    code, _, err = run_cli(capsys, "eval", "--dataset", "imagenet", "--data-dir", tmp_path / "imagenet", "--model",
+                           tiny_sd_path, "--per-class", "1", "--timesteps", "500", "--batch-size", "250",
+                           "--device", "cpu", "--out", tmp_path / "run")  # fmt: skip
+    assert code == 0, err
+    assert [r.message for r in caplog.records if "fewer images" in r.message] == [
+        "997 of 1000 classes have fewer images than --per-class 1: all of theirs are taken"
+    ]  # said once
+    records = RunStore(tmp_path / "run").records()
+    assert sorted((r["label_index"], r["label"]) for r in records.values()) == [
+        (3, "tiger shark"), (657, "missile"), (744, "missile")
+    ]  # fmt: skip
+    assert sorted(records) == sorted(np.load(tmp_path / "run" / "subset.npy").tolist())
+    for r in records.values():
+        assert r["calls"] == 1000 and len(r["ranking"]) == 1000
+        assert r["prediction_index"] == r["ranking"][0]["class_index"]
+    summary = summarize_run(RunStore(tmp_path / "run"))
+    assert summary.top1 == sum(r["prediction_index"] == r["label_index"] for r in records.values()) / 3

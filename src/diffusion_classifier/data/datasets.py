@@ -311,7 +311,8 @@ def per_class_subset(label_ids: Sequence[int], n_classes: int, per_class: int, s
     picks = [shuffled(members, seed)[:per_class] for members in by_class]
     short = sum(len(p) < per_class for p in picks)
     if short:
-        log.warning("%d of %d classes have fewer than %d images: all of theirs are taken", short, n_classes, per_class)
+        log.warning("%d of %d classes have fewer images than --per-class %d: all of theirs are taken", short,
+                    n_classes, per_class)  # fmt: skip
     return tuple(p[r] for r in range(per_class) for p in picks if r < len(p))
 
 
