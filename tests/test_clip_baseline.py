@@ -141,6 +141,6 @@ def test_eval_with_a_clip_baseline_records_clip_predictions(tiny_clip_path, tmp_
     for i, rec in records.items():
         assert rec["label"] == classes[i // 2] and rec["calls"] == 0
         assert rec["prediction"] == classes[int(logits[i].argmax())]
-        assert sum(rec["probabilities"].values()) == pytest.approx(1.0)
+        assert sum(r["probability"] for r in rec["ranking"]) == pytest.approx(1.0)
     assert main(["eval", "--dataset", f"folder:{tmp_path / 'data'}", "--out", str(tmp_path / "r2")]) == 2
     assert "--baseline" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from PIL import Image
 
 from conftest import build_tiny_class_unet
 from diffusion_classifier.cli import demo, main
+from diffusion_classifier.data.datasets import open_dataset, select_indices
 from diffusion_classifier.runs import RunStore
 
 TIMESTEPS = [100, 500, 900]
@@ -45,13 +46,16 @@ def test_demo_reports_and_resumes(tiny_demo, tmp_path, capsys):
 
     saved = json.loads((out / "results.json").read_text())
     images = saved["images"]
-    assert [img["index"] for img in images] == [0, 1, 2, 3]
-    assert [img["label"] for img in images] == ["0"] * 4  # the held-out split is ordered by class
+    digits = open_dataset("builtin:mnist")
+    picked = select_indices(digits, limit=4, seed=0)  # the first 4 of the seeded shuffle, not 4 zeros
+    assert [img["index"] for img in images] == sorted(picked)
+    assert [img["label"] for img in images] == [digits.labels[i] for i in sorted(picked)]
+    assert len({img["label"] for img in images}) > 1  # the held-out split is ordered by class: shuffled, not
     assert result["accuracy"] == sum(img["prediction"] == img["label"] for img in images) / 4
     for name in ("confusion.png", "error_vs_timestep.png", "accuracy_vs_calls.png"):
         with Image.open(out / name) as img:
             assert img.size[0] > 100
-    record = RunStore(out).records()[0]
+    record = RunStore(out).records()[picked[0]]
     assert sorted(record["errors"]) == [str(d) for d in range(10)]
     assert record["errors"]["0"]["t"] == TIMESTEPS
 
@@ -62,6 +66,8 @@ def test_demo_reports_and_resumes(tiny_demo, tmp_path, capsys):
     assert main(["demo", "--limit", "5", "--out", str(out)]) == 2  # other settings: refused ...
     assert "--fresh" in capsys.readouterr().err
     assert run_demo_json(capsys, "--limit", 5, "--out", out, "--fresh")["n"] == 5  # ... unless --fresh
+    grown = json.loads((out / "results.json").read_text())["images"]
+    assert set(picked) < {img["index"] for img in grown}  # a larger --limit extends the smaller one
 
 
 def test_demo_table_output(tiny_demo, tmp_path, capsys):

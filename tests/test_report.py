@@ -59,7 +59,10 @@ def test_eval_then_report_equals_classify(tiny_sd_path, digit_folder, tmp_path, 
     assert report["accuracy"] == right / 6 and report["n"] == 6
     records = RunStore(run_dir).records()
     for i, c in enumerate(classify):  # not only the decision: the very same errors
-        assert records[i]["mean_errors"] == {s["label"]: -s["score"] for s in c["scores"]}
+        assert [(r["class_index"], r["mean_error"]) for r in records[i]["ranking"]] == [
+            (s["class_index"], -s["score"]) for s in c["scores"]
+        ]
+        assert records[i]["prediction_index"] == c["prediction_index"] == records[i]["ranking"][0]["class_index"]
 
     # a rerun resumes a finished run: nothing new is written
     before = [p.read_bytes() for p in RunStore(run_dir).record_files()]

@@ -32,7 +32,7 @@ def gaussian_setup(n_images: int = 12, seed: int = 0):
     model = GaussianClassModel(torch.randn(4, 2, 2, 2, generator=gen) * 2, std=0.7)
     ys = torch.arange(n_images) % 4
     xs = model.sample(ys, generator=gen)
-    dataset = EvalDataset("gauss", "test", [str(int(y)) for y in ys], lambda i: xs[i], model.class_names)
+    dataset = EvalDataset.from_names("gauss", "test", [str(int(y)) for y in ys], lambda i: xs[i], model.class_names)
     return DiffusionClassifier(model), dataset, xs
 
 
@@ -63,10 +63,12 @@ def test_records_match_the_classify_api(tmp_path):
     assert sorted(records) == list(range(len(dataset)))
     for i, rec in records.items():
         direct = clf(xs[i], schedule=SCHEDULE, loss="l2", seed=3)
-        assert rec["prediction"] == direct.prediction
-        assert rec["mean_errors"] == {s["label"]: -s["score"] for s in direct.scores}
+        assert (rec["prediction"], rec["prediction_index"]) == (direct.prediction, direct.prediction_index)
+        assert [(r["class_index"], r["label"], r["mean_error"], r["probability"]) for r in rec["ranking"]] == [
+            (s["class_index"], s["label"], -s["score"], s["probability"]) for s in direct.scores
+        ]
         assert rec["calls"] == direct.calls == 3 * 4
-        assert rec["label"] == dataset.labels[i]
+        assert (rec["label"], rec["label_index"]) == (dataset.labels[i], dataset.label_ids[i])
 
 
 def test_resume_skips_finished_images_and_matches_one_run(tmp_path):
@@ -129,7 +131,7 @@ def test_a_bad_image_is_recorded_as_failed_and_the_run_goes_on(tmp_path):
             raise OSError("truncated file")
         return xs[i]
 
-    broken = EvalDataset("gauss", "test", dataset.labels, load, dataset.class_names)
+    broken = EvalDataset.from_names("gauss", "test", dataset.labels, load, dataset.class_names)
     job = make_job(clf, broken)
     store = start(tmp_path, clf, job)
     run_eval(clf, job, store)
@@ -140,20 +142,22 @@ def test_a_bad_image_is_recorded_as_failed_and_the_run_goes_on(tmp_path):
 
 def test_labels_outside_the_candidates_are_refused():
     clf, dataset, xs = gaussian_setup(n_images=2)
-    odd = EvalDataset("gauss", "test", ["0", "seven"], lambda i: xs[i])
+    odd = EvalDataset.from_names("gauss", "test", ["0", "seven"], lambda i: xs[i])
     with pytest.raises(UserInputError, match="seven"):
         eval_candidates(clf, odd, (0, 1))
 
 
 def test_selection_limit_and_subset(tmp_path):
-    assert select_indices(10, limit=3) == (0, 1, 2)
-    assert select_indices(2, limit=5) == (0, 1)
+    ten, two = gaussian_setup(n_images=10)[1], gaussian_setup(n_images=2)[1]
+    three = select_indices(ten, limit=3, seed=0)
+    assert len(set(three)) == 3 and select_indices(ten, limit=7, seed=0)[:3] == three  # a prefix of one shuffle
+    assert sorted(select_indices(two, limit=5)) == [0, 1]
     (tmp_path / "s.txt").write_text("4, 2\n7\n")
-    assert select_indices(10, subset=read_subset_file(tmp_path / "s.txt")) == (4, 2, 7)
+    assert select_indices(ten, subset=read_subset_file(tmp_path / "s.txt")) == (4, 2, 7)
     with pytest.raises(UserInputError):
-        select_indices(5, subset=(1, 9))
+        select_indices(two, subset=(1, 9))
     with pytest.raises(UserInputError):
-        select_indices(5, limit=0)
+        select_indices(ten, limit=0)
 
 
 def _digit(value: int) -> Image.Image:
@@ -207,10 +211,10 @@ def test_class_model_takes_dataset_names_it_resolves_itself():
             return super().condition([alias.get(c, c) for c in conditions])
 
     aliased = DiffusionClassifier(Aliased(clf.model.means, clf.model.std))
-    named = EvalDataset("gauss", "test", ["zero", "one"], lambda i: xs[i])
+    named = EvalDataset.from_names("gauss", "test", ["zero", "one"], lambda i: xs[i])
     assert eval_candidates(aliased, named, (0, 1)).labels == ("zero", "one")
     with pytest.raises(UserInputError, match="seven"):  # a name the model cannot resolve
-        eval_candidates(aliased, EvalDataset("gauss", "test", ["zero", "seven"], lambda i: xs[i]), (0, 1))
+        eval_candidates(aliased, EvalDataset.from_names("gauss", "test", ["zero", "seven"], lambda i: xs[i]), (0, 1))
 
 
 def test_hub_datasets_fail_clearly_offline_and_without_a_public_copy(monkeypatch):

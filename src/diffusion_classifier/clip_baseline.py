@@ -21,7 +21,7 @@ from .data.images import load_image
 from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_template
 from .errors import UserInputError
 from .pipeline import ClassificationResult
-from .shortlist import ClipShortlist
+from .shortlist import ClipShortlist, best_per_class
 
 BASELINE_KINDS = ("clip",)
 
@@ -110,15 +110,18 @@ class ClipClassifier:
         began = time.perf_counter()
         cands = self.candidates(labels, template, prompts)
         logits = clip_logits(self.clip, [as_image(image)], list(cands.conditions))[0].tolist()
-        best: dict[str, float] = {}
-        for label, s in zip(cands.labels, logits):
-            best[label] = max(s, best.get(label, -float("inf")))
-        ranked = sorted(best.items(), key=lambda kv: -kv[1])
-        probs = torch.tensor([v for _, v in ranked]).softmax(0).tolist()  # CLIP's zero-shot p(label | image)
+        ranked = best_per_class(cands.class_ids, logits)
+        probs = torch.tensor(list(ranked.values())).softmax(0).tolist()  # CLIP's zero-shot p(class | image)
+        names = cands.class_names
+        scores = [
+            {"label": names[k], "class_index": k, "score": v, "probability": p}
+            for (k, v), p in zip(ranked.items(), probs)
+        ]
         return ClassificationResult(
             image=str(image) if isinstance(image, (str, Path)) else None,
-            prediction=ranked[0][0],
-            scores=[{"label": k, "score": v, "probability": p} for (k, v), p in zip(ranked, probs)],
+            prediction=scores[0]["label"],
+            prediction_index=scores[0]["class_index"],
+            scores=scores,
             errors={},
             calls=0,
             seconds=time.perf_counter() - began,

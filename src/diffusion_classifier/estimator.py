@@ -134,6 +134,7 @@ class ErrorLedger:
         self.trials: list[list[Trial]] = [[] for _ in range(n_candidates)]
         self.errors: list[list[float]] = [[] for _ in range(n_candidates)]
         self.calls = 0
+        self.kept: list[int] = []  # the schedule's last keep(): its survivors, best first
 
     def evaluate(self, candidates: Sequence[int], trials: Sequence[Trial]) -> torch.Tensor:
         """Errors of shape (len(candidates), len(trials)), recorded in the ledger."""
@@ -184,7 +185,42 @@ class ErrorLedger:
         w = self.weights[[tr.t for tr, _ in shared]].double()
         return float((w * d).sum() / w.sum())
 
+    def scores(self, candidates: Sequence[int]) -> torch.Tensor:
+        """Minus each candidate's mean error as a float32 tensor, computed as the official code does.
+
+        eval_prob_adaptive.py: `torch.tensor([-pred_errors.mean() ...])` over float32 errors in evaluation
+        order; the same float32 values give torch.topk the same ties to break. -inf: never evaluated.
+        """
+        if self.weights is not None or not len(candidates):
+            return -self.mean_errors(candidates).float()
+        unseen = torch.tensor(-torch.inf)
+        return torch.stack(
+            [
+                -torch.tensor(self.errors[c], dtype=torch.float32).mean() if self.errors[c] else unseen
+                for c in candidates
+            ]
+        )
+
+    def keep(self, candidates: Sequence[int], k: int) -> list[int]:
+        """The k candidates of lowest mean error, best first, chosen (ties included) as the official code does:
+        torch.topk(scores, k).indices. Recorded as the schedule's decision: ranking() puts them first."""
+        candidates = list(candidates)
+        self.kept = [candidates[i] for i in top_k(self.scores(candidates), k)]
+        return self.kept
+
     def ranking(self) -> list[int]:
-        """Candidates best first: those evaluated on more trials (survivors) first, then by mean error."""
-        means = self.mean_errors().tolist()
-        return sorted(range(self.n_candidates), key=lambda c: (-len(self.errors[c]), means[c], c))
+        """Candidates best first: the schedule's kept ones, then the rest by trials (more first), then by
+        torch.topk over their scores (so exact ties fall as torch.topk lets them fall)."""
+        kept = set(self.kept)
+        rest = [c for c in range(self.n_candidates) if c not in kept]
+        order = list(self.kept)
+        for n in sorted({len(self.errors[c]) for c in rest}, reverse=True):
+            group = [c for c in rest if len(self.errors[c]) == n]
+            order += [group[i] for i in top_k(self.scores(group), len(group))]
+        return order
+
+
+def top_k(scores: torch.Tensor, k: int) -> list[int]:
+    """Indices of the k highest scores, best first: torch.topk's order, ties as torch.topk breaks them
+    (the reference code's rule; not "lowest index first", and it may depend on k)."""
+    return torch.topk(scores, min(k, len(scores))).indices.tolist()

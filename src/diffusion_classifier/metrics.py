@@ -1,9 +1,12 @@
-"""Classification metrics: top-1 accuracy with a Wilson interval, mean per-class accuracy, confusion matrix."""
+"""Classification metrics: top-1 accuracy with a Wilson interval, mean per-class accuracy, confusion matrix.
+
+Classes are any hashable keys: class indices (two classes may share a name), or names for older records.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -18,19 +21,20 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # k = 0 and k = n: the bounds are exactly 0 and 1 (rounding would put them a hair inside, past p)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
-def accuracy(labels: Sequence[str], predictions: Sequence[str]) -> float:
+def accuracy(labels: Sequence[Hashable], predictions: Sequence[Hashable]) -> float:
     """Fraction of predictions equal to their label (nan for no images)."""
     if not labels:
         return float("nan")
     return sum(a == b for a, b in zip(labels, predictions)) / len(labels)
 
 
-def per_class_accuracy(labels: Sequence[str], predictions: Sequence[str]) -> dict[str, tuple[int, int]]:
+def per_class_accuracy(labels: Sequence[Hashable], predictions: Sequence[Hashable]) -> dict[Hashable, tuple[int, int]]:
     """label -> (correct, total) over the classes present in labels."""
-    out: dict[str, list[int]] = {}
+    out: dict[Hashable, list[int]] = {}
     for y, p in zip(labels, predictions):
         c = out.setdefault(y, [0, 0])
         c[0] += y == p
@@ -39,7 +43,7 @@ def per_class_accuracy(labels: Sequence[str], predictions: Sequence[str]) -> dic
 
 
 def mean_per_class_accuracy(
-    labels: Sequence[str], predictions: Sequence[str], z: float = Z95
+    labels: Sequence[Hashable], predictions: Sequence[Hashable], z: float = Z95
 ) -> tuple[float, float, float]:
     """(mean over classes of per-class accuracy, low, high): a normal-approximation interval whose
     variance is (1/K^2) sum_c q_c (1 - q_c) / (n_c + 2) with q_c = (k_c + 1) / (n_c + 2), the classes'
@@ -56,7 +60,9 @@ def mean_per_class_accuracy(
     return mean, max(0.0, mean - z * se), min(1.0, mean + z * se)
 
 
-def confusion_matrix(labels: Sequence[str], predictions: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+def confusion_matrix(
+    labels: Sequence[Hashable], predictions: Sequence[Hashable], classes: Sequence[Hashable]
+) -> np.ndarray:
     """counts[i, j]: images of class classes[i] predicted as classes[j] (predictions outside classes dropped)."""
     pos = {c: i for i, c in enumerate(classes)}
     out = np.zeros((len(classes), len(classes)), dtype=np.int64)

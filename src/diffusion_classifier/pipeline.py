@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .calibration import check_temperature, elbo_scale, probabilities
 from .data.images import load_image
-from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_labels, from_template
+from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_labels, from_template, shown
 from .errors import UserInputError
 from .estimator import ErrorLedger, Loss, model_error_fn
 from .models.base import DiffusionAdapter
@@ -27,8 +27,10 @@ class ClassificationResult:
     """One image's decision; the same fields as the CLI's JSON line."""
 
     image: str | None
-    prediction: str
-    scores: list[dict[str, Any]]  # [{"label", "score", "probability"}], best first; score = -mean error
+    prediction: str  # the predicted class's name
+    prediction_index: int  # ... and its index (classidx): two classes may share a name
+    scores: list[dict[str, Any]]  # [{"label", "class_index", "score", "probability"}] per class, best first;
+    # score = -mean error of the class's best candidate
     errors: dict[str, dict[str, list]]  # key -> {"timesteps": [...], "values": [...]}, evaluation order
     calls: int
     seconds: float
@@ -97,8 +99,20 @@ class DiffusionClassifier:
         if self.model.conditioning == "class":
             if template is not None:
                 raise UserInputError("--template applies to text-conditioned models only")
-            return from_labels(labels if labels is not None else list(self.model.class_names or []))
+            cands = from_labels(labels if labels is not None else list(self.model.class_names or []))
+            self._check_distinct_classes(cands)
+            return cands
         return from_template(labels or [], template or DEFAULT_TEMPLATE)
+
+    def _check_distinct_classes(self, cands: Candidates) -> None:
+        """Two labels of a class model must not name one class ("7" and "07", a name and its alias)."""
+        seen: dict[tuple, str] = {}
+        for label, row in zip(cands.labels, self.conditions(cands.conditions)):
+            first = seen.setdefault(tuple(row.flatten().tolist()), label)
+            if first != label:
+                raise UserInputError(
+                    f"labels {shown(first)} and {shown(label)} name the same class of this model: give each class once"
+                )
 
     def noise_bank(
         self, seed: int = 0, noise: str | Path | torch.Tensor | None = None, antithetic: bool = False
@@ -158,7 +172,7 @@ class DiffusionClassifier:
         extra: dict[str, Any] = {}
         if shortlist is not None:
             cands = self.shortlist(shortlist).select(image, cands, shortlist_k)
-            extra["shortlist"] = cands.unique_labels
+            extra["shortlist"] = list(cands.class_names.values())
         x0 = self.model.encode(image)
         cond = self.conditions(cands.conditions)
         T = self.model.num_train_timesteps
@@ -192,29 +206,34 @@ class DiffusionClassifier:
 def summarize(
     ledger: ErrorLedger, cands: Candidates, image: str | None, seconds: float, logit_scale: float = 1.0
 ) -> ClassificationResult:
-    """The result of a finished ledger: labels ranked by their best candidate, scores, all errors.
+    """The result of a finished ledger: classes ranked by their best candidate, scores, all errors.
 
-    Each label's probability is softmax(-logit_scale * gap) over the labels' best candidates, where gap is
-    the paired mean error difference to the winner on their shared trials (calibration.py: logit_scale =
-    T d / 2 / temperature); the winner's gap is 0.
+    Classes are keyed by class index (two may share a name). The order is the ledger's ranking: the
+    schedule's survivors first, as torch.topk chose them. Each class's probability is
+    softmax(-logit_scale * gap) over the classes' best candidates, where gap is the paired mean error
+    difference to the winner on their shared trials (calibration.py: logit_scale = T d / 2 / temperature);
+    the winner's gap is 0.
     """
     means = ledger.mean_errors().tolist()
-    scores: dict[str, float] = {}
-    gaps: list[float] = []
     ranking = ledger.ranking()
+    best: dict[int, int] = {}  # class index -> its best candidate, best class first
     for c in ranking:
-        if cands.labels[c] not in scores:
-            scores[cands.labels[c]] = -means[c]
-            gaps.append(ledger.paired_gap(c, ranking[0]))
+        best.setdefault(cands.class_ids[c], c)
+    gaps = [ledger.paired_gap(c, ranking[0]) for c in best.values()]
     probs = probabilities(torch.tensor(gaps, dtype=torch.float64), logit_scale).tolist()
+    scores = [
+        {"label": cands.labels[c], "class_index": k, "score": -means[c], "probability": p}
+        for (k, c), p in zip(best.items(), probs)
+    ]
     errors = {
         key: {"timesteps": [tr.t for tr in ledger.trials[c]], "values": ledger.errors[c]}
         for c, key in enumerate(cands.keys())
     }
     return ClassificationResult(
         image=image,
-        prediction=next(iter(scores)),
-        scores=[{"label": k, "score": v, "probability": p} for (k, v), p in zip(scores.items(), probs)],
+        prediction=scores[0]["label"],
+        prediction_index=scores[0]["class_index"],
+        scores=scores,
         errors=errors,
         calls=ledger.calls,
         seconds=seconds,

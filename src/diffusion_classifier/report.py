@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,23 @@ def ok_records(records: dict[int, dict]) -> list[dict]:
     return [r for r in records.values() if r.get("status") == "ok"]
 
 
+def by_index(records: list[dict]) -> bool:
+    """Whether the records carry class indices (runs before them carry names only)."""
+    return all("label_index" in r and "prediction_index" in r for r in records)
+
+
+def outcomes(records: list[dict]) -> tuple[list[Hashable], list[Hashable]]:
+    """(true classes, predicted classes): class indices when every record carries them (two classes may
+    share a name), else class names."""
+    keys = ("label_index", "prediction_index") if by_index(records) else ("label", "prediction")
+    return [r[keys[0]] for r in records], [r[keys[1]] for r in records]
+
+
 def summarize_run(store: RunStore) -> RunSummary:
     config = store.require_config()
     records = store.records()
     ok = ok_records(records)
-    labels, preds = [r["label"] for r in ok], [r["prediction"] for r in ok]
+    labels, preds = outcomes(ok)
     k = sum(a == b for a, b in zip(labels, preds))
     lo, hi = wilson_interval(k, len(ok))
     mc, mc_lo, mc_hi = mean_per_class_accuracy(labels, preds)
@@ -113,7 +126,9 @@ def run_json(store: RunStore) -> dict[str, Any]:
         {
             "index": r["index"],
             "label": r["label"],
+            "label_index": r.get("label_index"),
             "prediction": r.get("prediction"),
+            "prediction_index": r.get("prediction_index"),
             "calls": r.get("calls"),
             "seconds": r.get("seconds"),
             "status": r["status"],
@@ -139,10 +154,29 @@ def summary_dict(summary: RunSummary) -> dict[str, Any]:
 # --- curves from saved per-trial errors -----------------------------------------------------------
 
 
-def _key_labels(config: RunConfig) -> dict[str, str]:
-    """Candidate key (as stored in records' errors) -> its label."""
+Class = tuple[int | None, str]  # (class index, name); the index is None in records written before indices
+
+
+def _key_classes(config: RunConfig) -> dict[str, Class]:
+    """Candidate key (as stored in records' errors) -> its class."""
     cands = config.candidates_obj()
-    return dict(zip(cands.keys(), cands.labels))
+    return dict(zip(cands.keys(), zip(cands.class_ids, cands.labels)))
+
+
+def _truth(rec: dict) -> Class:
+    return rec.get("label_index"), rec["label"]
+
+
+def _same(a: Class, b: Class) -> bool:
+    """Same class: by index where both know it, else by name."""
+    return a[0] == b[0] if a[0] is not None and b[0] is not None else a[1] == b[1]
+
+
+def _ranked(rec: dict) -> list[Class]:
+    """A record's classes best first ("ranking"; older records: the "mean_errors" dict of names)."""
+    if "ranking" in rec:
+        return [(e["class_index"], e["label"]) for e in rec["ranking"]]
+    return [(None, name) for name in rec.get("mean_errors", {})]
 
 
 def prefix_accuracy_curve(store: RunStore) -> list[tuple[int, float]] | None:
@@ -157,36 +191,36 @@ def prefix_accuracy_curve(store: RunStore) -> list[tuple[int, float]] | None:
     lengths = {len(e["e"]) for r in ok for e in r["errors"].values()}
     if len(lengths) != 1:
         return None
-    key_label = _key_labels(store.require_config())
+    key_class = _key_classes(store.require_config())
     total = lengths.pop()
     ms = sorted({min(2**j, total) for j in range(total.bit_length() + 1)})
     curve = []
     for m in ms:
-        right = sum(_prefix_prediction(r["errors"], key_label, m) == r["label"] for r in ok)
-        curve.append((m * len(key_label), right / len(ok)))
+        right = sum(_same(_prefix_prediction(r["errors"], key_class, m), _truth(r)) for r in ok)
+        curve.append((m * len(key_class), right / len(ok)))
     return curve
 
 
-def _prefix_prediction(errors: dict[str, dict], key_label: dict[str, str], m: int) -> str:
+def _prefix_prediction(errors: dict[str, dict], key_class: dict[str, Class], m: int) -> Class:
     means = {key: sum(e["e"][:m]) / m for key, e in errors.items()}
-    return key_label[min(means, key=lambda k: (means[k], k))]
+    return key_class[min(means, key=lambda k: (means[k], k))]
 
 
 def error_by_timestep(store: RunStore) -> tuple[list[int], list[float], list[float]] | None:
     """(timesteps, mean error of the true class, mean error of the best wrong class) over classified images.
 
-    Per image, a label's errors are those of its best candidate; the best wrong class is the wrong
-    label with the lowest mean error. None if the run saved no per-trial errors.
+    Per image, a class's errors are those of its best candidate; the best wrong class is the wrong
+    class with the lowest mean error. None if the run saved no per-trial errors.
     """
     ok = [r for r in ok_records(store.records()) if "errors" in r]
     if not ok:
         return None
-    key_label = _key_labels(store.require_config())
+    key_class = _key_classes(store.require_config())
     sums: dict[int, list[float]] = {}  # t -> [true sum, true count, wrong sum, wrong count]
     for r in ok:
-        wrong = next((lab for lab in r["mean_errors"] if lab != r["label"]), None)
-        for slot, label in ((0, r["label"]), (2, wrong)):
-            key = _best_key(r["errors"], key_label, label)
+        wrong = next((c for c in _ranked(r) if not _same(c, _truth(r))), None)
+        for slot, cls in ((0, _truth(r)), (2, wrong)):
+            key = _best_key(r["errors"], key_class, cls)
             if key is None:
                 continue
             for t, e in zip(r["errors"][key]["t"], r["errors"][key]["e"]):
@@ -197,8 +231,10 @@ def error_by_timestep(store: RunStore) -> tuple[list[int], list[float], list[flo
     return ts, [sums[t][0] / sums[t][1] for t in ts], [sums[t][2] / sums[t][3] for t in ts]
 
 
-def _best_key(errors: dict[str, dict], key_label: dict[str, str], label: str | None) -> str | None:
-    keys = [k for k, lab in key_label.items() if lab == label and errors.get(k, {}).get("e")]
+def _best_key(errors: dict[str, dict], key_class: dict[str, Class], cls: Class | None) -> str | None:
+    if cls is None:
+        return None
+    keys = [k for k, c in key_class.items() if _same(c, cls) and errors.get(k, {}).get("e")]
     return min(keys, key=lambda k: sum(errors[k]["e"]) / len(errors[k]["e"])) if keys else None
 
 
@@ -213,9 +249,11 @@ def write_figures(store: RunStore, out_dir: Path | None = None, prefix: str = ""
     ok = ok_records(store.records())
     if not ok:
         return []
-    classes = config.candidates_obj().unique_labels
-    counts = confusion_matrix([r["label"] for r in ok], [r["prediction"] for r in ok], classes)
-    paths = [figures.confusion_figure(counts, classes, out_dir / f"{prefix}confusion.png", title=config.dataset)]
+    cands = config.candidates_obj()
+    classes = cands.classes if by_index(ok) else list(dict.fromkeys(cands.labels))
+    names = [cands.class_names[k] for k in classes] if by_index(ok) else classes
+    counts = confusion_matrix(*outcomes(ok), classes)
+    paths = [figures.confusion_figure(counts, names, out_dir / f"{prefix}confusion.png", title=config.dataset)]
     paths.append(
         figures.accuracy_calls_figure(
             {store.dir.name: accuracy_point(store)}, out_dir / f"{prefix}accuracy_vs_calls.png"

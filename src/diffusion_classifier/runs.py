@@ -29,7 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .data.datasets import EvalDataset
-from .data.prompts import Candidates, read_prompts_csv
+from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_template, read_prompts_csv, shown
 from .errors import UserInputError
 from .estimator import Loss
 from .pipeline import ClassificationResult, DiffusionClassifier
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 RECORDS_GLOB = "records-rank*.jsonl"
+SUBSET_FILE = "subset.npy"  # the evaluated dataset indices of a run over a selection (np.load reads it)
 
 
 # --- processes ---------------------------------------------------------------------------------------
@@ -125,10 +126,12 @@ class RunConfig:
     schedule: dict[str, Any]
     loss: str
     seed: int
-    candidates: dict[str, list[str]]  # {"labels": [...], "conditions": [...]}
-    images: int  # how many images the run covers (after --limit / --subset)
+    candidates: dict[str, list]  # {"labels": [...], "conditions": [...], "class_ids": [...]}
+    images: int  # how many images the run covers (after --limit / --subset / --per-class)
     limit: int | None = None
     subset: tuple[int, ...] | None = None
+    per_class: int | None = None
+    subset_seed: int | None = None  # the seed of --limit's shuffle and --per-class's picks
     noise_file: str | None = None
     image_size: int | None = None
     dtype: str | None = None
@@ -151,10 +154,20 @@ class RunConfig:
         d = {k: v for k, v in d.items() if k in names}
         if d.get("subset") is not None:
             d["subset"] = tuple(d["subset"])
+        if isinstance(d.get("candidates"), dict) and "class_ids" not in d["candidates"]:
+            # runs written before class indices: the ids their labels imply, so they still resume
+            cands = Candidates(tuple(d["candidates"]["labels"]), tuple(d["candidates"]["conditions"]))
+            d["candidates"] = candidates_dict(cands)
         return cls(**d)
 
     def candidates_obj(self) -> Candidates:
-        return Candidates(tuple(self.candidates["labels"]), tuple(self.candidates["conditions"]))
+        c = self.candidates
+        return Candidates(tuple(c["labels"]), tuple(c["conditions"]), tuple(c["class_ids"]))
+
+
+def candidates_dict(cands: Candidates) -> dict[str, list]:
+    """Candidates as stored in config.json."""
+    return {"labels": list(cands.labels), "conditions": list(cands.conditions), "class_ids": list(cands.class_ids)}
 
 
 def schedule_dict(schedule: Schedule) -> dict[str, Any]:
@@ -322,33 +335,63 @@ def eval_candidates(
     template: str | None = None,
     prompts: Candidates | None = None,
 ) -> Candidates:
-    """The candidates for a dataset: given ones, else the published prompts (text models) or the
-    dataset's class names (text) / the model's class names (class models); every label must be one."""
+    """The candidates for a dataset, their class ids in the dataset's class indices: given ones, else the
+    published prompts (text models), the dataset's class names (text) or the model's classes (class models).
+    Every class of the selected images must be a candidate."""
     text = clf.model.conditioning == "text"
     if text and prompts is None and labels is None and template is None and dataset.prompts is not None:
         prompts = read_prompts_csv(dataset.prompts)
     if text and labels is None and prompts is None:
-        labels = dataset.class_names
-    if not text and labels is None and not set(dataset.labels) <= set(clf.model.class_names or []):
+        prompts = from_template(dataset.class_names, template or DEFAULT_TEMPLATE, range(len(dataset.class_names)))
+    if not text and labels is None and not set(dataset.class_names) <= set(clf.model.class_names or []):
         labels = _model_accepts(clf, dataset.class_names)  # e.g. "tench" for DiT's "tench, Tinca tinca"
-    cands = clf.candidates(labels, template, prompts)
-    missing = sorted({dataset.labels[i] for i in indices} - set(cands.labels))
+        if labels is None and template is None and len(clf.model.class_names or []) == len(dataset.class_names):
+            # the paper's datasets number their classes as the class models trained on them (ImageNet, DiT)
+            return _by_index(dataset.class_names)
+    cands = dataset_class_ids(clf.candidates(labels, template, prompts), dataset.class_names)
+    missing = sorted({dataset.label_ids[i] for i in indices} - set(cands.class_ids))
     if missing:
-        shown = ", ".join(repr(m) for m in missing[:5])
+        shown_ = ", ".join(f"{k}:{shown(dataset.class_names[k])}" for k in missing[:5])
+        names = list(cands.class_names.values())
         raise UserInputError(
-            f"dataset label(s) {shown} are not among the candidate labels ({', '.join(cands.unique_labels[:10])}"
-            f"{', ...' if len(cands.unique_labels) > 10 else ''}); rename the classes or pass --labels / --prompts-file"
+            f"dataset class(es) {shown_} are not among the candidate classes ({', '.join(names[:10])}"
+            f"{', ...' if len(names) > 10 else ''}); rename the classes or pass --labels / --prompts-file"
         )
     return cands
 
 
+def dataset_class_ids(cands: Candidates, class_names: list[str]) -> Candidates:
+    """The candidates with the dataset's class indices: kept when each id already names the dataset's class
+    of that name (published prompts), else matched by name (a class not in the dataset gets an id after them)."""
+    if all(k < len(class_names) and class_names[k] == name for k, name in cands.class_names.items()):
+        return cands
+    names = list(cands.class_names.values())
+    if len(set(class_names)) < len(class_names) or len(set(names)) < len(names):
+        raise UserInputError(
+            "the candidate classes do not match the dataset's class indices and its class names repeat: "
+            "give a prompts CSV whose classidx column follows the dataset's classes"
+        )
+    index = {name: k for k, name in enumerate(class_names)}
+    for name in names:
+        index.setdefault(name, len(index))  # a class the dataset lacks: an id after the dataset's
+    return Candidates(cands.labels, cands.conditions, tuple(index[name] for name in cands.labels))
+
+
+def _by_index(class_names: list[str]) -> Candidates:
+    """A class model's classes by id (the conditions "0", "1", ...), named as the dataset names them."""
+    n = len(class_names)
+    return Candidates(tuple(class_names), tuple(str(k) for k in range(n)), tuple(range(n)))
+
+
 def _model_accepts(clf: DiffusionClassifier, names: list[str]) -> list[str] | None:
-    """The dataset's class names if the class-conditional model resolves them all (aliases, ids), else None."""
+    """The dataset's class names if the class-conditional model resolves them all (aliases, ids) to distinct
+    classes, else None."""
     try:
-        clf.conditions(tuple(names))
+        rows = clf.conditions(tuple(names))
     except ValueError:  # UserInputError included: the model does not know some name
         return None
-    return names
+    distinct = len({tuple(r.flatten().tolist()) for r in rows}) == len(names)
+    return names if distinct else None
 
 
 def make_config(model: str, job: EvalJob, **extra: Any) -> RunConfig:
@@ -360,7 +403,7 @@ def make_config(model: str, job: EvalJob, **extra: Any) -> RunConfig:
         schedule=schedule_dict(job.schedule),
         loss=job.loss,
         seed=job.seed,
-        candidates={"labels": list(job.candidates.labels), "conditions": list(job.candidates.conditions)},
+        candidates=candidates_dict(job.candidates),
         images=len(job.indices),
         noise_file=job.noise_file,
         options=dict(job.options),
@@ -375,19 +418,28 @@ def compact(v: float) -> float:
     return float(f"{v:.7g}")
 
 
-def make_record(index: int, label: str, result: ClassificationResult, rank: int, save_errors: bool) -> dict[str, Any]:
+def make_record(
+    index: int, label: str, label_index: int, result: ClassificationResult, rank: int, save_errors: bool
+) -> dict[str, Any]:
+    """One finished image. Classes are keyed by index (two may share a name): label_index is the true
+    class, prediction_index the predicted one, and ranking lists every class best first as
+    {"class_index", "label", "mean_error", "probability"} (mean_error: of the class's best candidate)."""
     rec: dict[str, Any] = {
         "index": index,
         "label": label,
+        "label_index": label_index,
         "status": "ok",
         "prediction": result.prediction,
-        "mean_errors": {s["label"]: -s["score"] for s in result.scores},  # best first
+        "prediction_index": result.prediction_index,
+        "ranking": [
+            {"class_index": s["class_index"], "label": s["label"], "mean_error": -s["score"]}
+            | ({"probability": s["probability"]} if "probability" in s else {})
+            for s in result.scores
+        ],
         "calls": result.calls,
         "seconds": round(result.seconds, 4),
         "rank": rank,
     }
-    if all("probability" in s for s in result.scores):
-        rec["probabilities"] = {s["label"]: s["probability"] for s in result.scores}
     if result.extra:
         rec["extra"] = result.extra
     if save_errors:
@@ -397,10 +449,11 @@ def make_record(index: int, label: str, result: ClassificationResult, rank: int,
     return rec
 
 
-def failed_record(index: int, label: str, exc: BaseException, rank: int) -> dict[str, Any]:
+def failed_record(index: int, label: str, label_index: int, exc: BaseException, rank: int) -> dict[str, Any]:
     return {
         "index": index,
         "label": label,
+        "label_index": label_index,
         "status": "failed",
         "error": f"{exc.__class__.__name__}: {exc}",
         "rank": rank,
@@ -434,12 +487,13 @@ def run_eval(
 
 def classify_one(clf: DiffusionClassifier, job: EvalJob, i: int, rank: int) -> dict[str, Any]:
     """The record of dataset image i: decode it, classify it exactly as the classify API does."""
-    label = job.dataset.labels[i]
+    label_index = job.dataset.label_ids[i]
+    label = job.dataset.class_names[label_index]
     try:
         image = job.dataset.image(i)
     except Exception as exc:  # any decode failure is this image's problem, not the run's
         log.warning("image %d failed to decode: %s", i, exc)
-        return failed_record(i, label, exc, rank)
+        return failed_record(i, label, label_index, exc, rank)
     try:
         result = clf(
             image,
@@ -453,5 +507,5 @@ def classify_one(clf: DiffusionClassifier, job: EvalJob, i: int, rank: int) -> d
         )
     except UserInputError as exc:  # e.g. an image the adapter cannot encode
         log.warning("image %d failed: %s", i, exc)
-        return failed_record(i, label, exc, rank)
-    return make_record(i, label, result, rank, job.save_errors)
+        return failed_record(i, label, label_index, exc, rank)
+    return make_record(i, label, label_index, result, rank, job.save_errors)

@@ -52,6 +52,7 @@ class Full:
     def run(self, ledger: ErrorLedger, T: int) -> None:
         check_timesteps(self.timesteps, T)
         ledger.evaluate(range(ledger.n_candidates), [Trial(t, i) for i, t in enumerate(self.timesteps)])
+        ledger.keep(range(ledger.n_candidates), 1)  # a one-stage Staged with to_keep 1: the same winner
 
     def max_trials(self, T: int) -> int:
         return len(self.timesteps)
@@ -92,9 +93,7 @@ class Staged:
             evaluated.extend(ts)
             if len(remaining) > 1 or not ledger.errors[remaining[0]]:
                 ledger.evaluate(remaining, trials)
-            means = ledger.mean_errors(remaining).tolist()
-            order = sorted(range(len(remaining)), key=lambda i: (means[i], i))
-            remaining = [remaining[i] for i in order[:k]]
+            remaining = ledger.keep(remaining, k)  # torch.topk over float32 -mean errors, as published
 
     def max_trials(self, T: int) -> int:
         return max(self.n_samples) * self.n_trials
@@ -175,6 +174,7 @@ class Racing:
                 best = int(values.mean(1).argmin())
                 keep = paired_t_pvalues(values, best) >= self.alpha
                 remaining = [c for c, k in zip(remaining, keep.tolist()) if k]
+        ledger.keep(remaining, 1)  # one left, or the cap reached: the lowest mean wins
 
     def max_trials(self, T: int) -> int:
         return self.cap

@@ -9,6 +9,7 @@ short side, center crop, normalise), so torchvision is not needed.
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,21 +85,28 @@ class ClipShortlist:
             0
         ].cpu()
 
+    def similarities(self, image: Any, cands: Candidates) -> list[float]:
+        """Cosine similarity of the image to each candidate's prompt."""
+        return (self.text_features(self.prompts(cands)) @ self.image_features(image)).tolist()
+
     def label_scores(self, image: Any, cands: Candidates) -> dict[str, float]:
         """Cosine similarity per label (the best of its prompts), best first."""
-        sims = (self.text_features(self.prompts(cands)) @ self.image_features(image)).tolist()
-        best: dict[str, float] = {}
-        for label, s in zip(cands.labels, sims):
-            best[label] = max(s, best.get(label, -float("inf")))
-        return dict(sorted(best.items(), key=lambda kv: -kv[1]))
+        return best_per_class(cands.labels, self.similarities(image, cands))
 
     def select(self, image: Any, cands: Candidates, k: int) -> Candidates:
-        """The candidates of the k labels CLIP ranks highest (all when k covers every label)."""
+        """The candidates of the k classes CLIP ranks highest (all when k covers every class)."""
         if k < 1:
             raise UserInputError(f"--shortlist-k must be at least 1, got {k}")
-        keep = set(list(self.label_scores(image, cands))[:k])
-        rows = [i for i, label in enumerate(cands.labels) if label in keep]
-        return Candidates(tuple(cands.labels[i] for i in rows), tuple(cands.conditions[i] for i in rows))
+        keep = set(list(best_per_class(cands.class_ids, self.similarities(image, cands)))[:k])
+        return cands.subset([i for i, c in enumerate(cands.class_ids) if c in keep])
+
+
+def best_per_class(keys: Sequence[Hashable], values: Sequence[float]) -> dict[Any, float]:
+    """Each key's highest value (the best of a class's prompts), best key first."""
+    best: dict[Any, float] = {}
+    for key, v in zip(keys, values):
+        best[key] = max(v, best.get(key, -float("inf")))
+    return dict(sorted(best.items(), key=lambda kv: -kv[1]))
 
 
 def _features(out: Any) -> torch.Tensor:

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..data.images import load_image
-from ..data.prompts import check_labels
+from ..data.prompts import check_labels, check_template
 from ..errors import UserInputError
 from .options import (
     add_label_options,
@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     check_batch_size(args.batch_size)
     if labels is not None:  # fail fast, before the model loads
         check_labels(labels)
+    if args.template is not None:
+        check_template(args.template)
     if len(args.images) == 1:
         load_image(args.images[0])
     efficiency = efficiency_kwargs(args)

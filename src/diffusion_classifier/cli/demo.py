@@ -39,7 +39,9 @@ def add_parser(sub) -> None:
         "digits and writes a report folder. Rerunning into the same folder resumes.",
     )
     p.add_argument("--out", default="demo-report", help="report folder (default demo-report/)")
-    p.add_argument("--limit", type=int, default=None, help="classify only the first N test digits")
+    p.add_argument(
+        "--limit", type=int, default=None, help="classify N test digits: the first N of a shuffle seeded by --seed"
+    )
     p.add_argument("--json", action="store_true", help="print one final JSON object")
     p.add_argument("--fresh", action="store_true", help="delete an earlier demo's records in --out first")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
@@ -79,7 +81,7 @@ def run_demo(
     """Evaluate (or resume), then write results.json and the figures into out; the numbers."""
     clf = DiffusionClassifier.from_pretrained(MODEL, device=device)
     dataset = open_dataset(DATASET)
-    indices = select_indices(len(dataset), limit)
+    indices = select_indices(dataset, limit, seed=seed)
     schedule, loss = demo_schedule(clf)
     job = EvalJob(
         dataset=dataset,
@@ -95,7 +97,8 @@ def run_demo(
     if fresh:
         store.clear()
     try:
-        store.claim(make_config(MODEL, job, limit=limit, model_info=clf.model.describe()))
+        subset_seed = seed if limit is not None else None
+        store.claim(make_config(MODEL, job, limit=limit, subset_seed=subset_seed, model_info=clf.model.describe()))
     except UserInputError:
         raise UserInputError(
             f"{out} holds a demo run with other settings; pass --fresh to replace it, or choose another --out"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data.datasets import HUB_DATASETS, open_dataset, read_subset_file, select_indices
+from ..data.datasets import HUB_DATASETS, open_dataset, read_subset_file, save_subset, select_indices
 from ..data.prompts import DEFAULT_TEMPLATE
 from ..errors import UserInputError
 from ..pipeline import resolve_schedule
 from ..report import markdown_table, summarize_run
 from ..runs import (
+    SUBSET_FILE,
     EvalJob,
     RunStore,
     Shard,
@@ -71,8 +72,19 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-column", default=None, help="image column of a HF dataset (default: detected)")
     g.add_argument("--label-column", default=None, help="label column of a HF dataset (default: detected)")
     sel = g.add_mutually_exclusive_group()
-    sel.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    sel.add_argument("--subset", default=None, metavar="FILE", help="evaluate these dataset indices (a file)")
+    sel.add_argument(
+        "--limit", type=int, default=None, help="evaluate N images: the first N of a seeded shuffle of the split"
+    )
+    sel.add_argument("--per-class", type=int, default=None, metavar="N", help="evaluate N seeded picks of every class")
+    sel.add_argument(
+        "--subset", default=None, metavar="FILE", help="evaluate these dataset indices (.npy, JSON list or text)"
+    )
+    g.add_argument(
+        "--subset-seed",
+        type=int,
+        default=None,
+        help="seed of --limit's shuffle and --per-class's picks (default: --seed); the run saves them as subset.npy",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +106,9 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
     options = efficiency_kwargs(args)
     dataset = open_dataset(args.dataset, args.split, args.data_dir, args.image_column, args.label_column)
     subset = read_subset_file(args.subset) if args.subset else None
-    indices = select_indices(len(dataset), args.limit, subset)
+    seeded = args.limit is not None or args.per_class is not None
+    subset_seed = (args.seed if args.subset_seed is None else args.subset_seed) if seeded else None
+    indices = select_indices(dataset, args.limit, subset, args.per_class, subset_seed or 0)
     clf = classifier_from_args(args, shard.device(args.device))
     # a model's own protocol (DiT's) before the dataset's published one (Stable Diffusion's), then the default
     default = getattr(clf.model, "default_schedule", None) or PUBLISHED.get(dataset.name) or DEFAULT_SCHEDULE
@@ -116,12 +130,16 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
         job,
         limit=args.limit,
         subset=subset,
+        per_class=args.per_class,
+        subset_seed=subset_seed,
         image_size=args.image_size,
         dtype=args.dtype,
         model_info=clf.model.describe(),
     )
     store = RunStore(args.out)
     claim_in_turn(shard, grouped, lambda: store.claim(config))
+    if shard.rank == 0 and len(indices) < len(dataset):
+        save_subset(store.dir / SUBSET_FILE, indices)  # the official --subset_path reads it too
     run_eval(clf, job, store, shard, progress=sys.stderr.isatty() if progress is None else progress)
     barrier(grouped)  # every shard's records are on disk before rank 0 summarises
     return summarize_run(store)

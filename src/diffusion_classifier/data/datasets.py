@@ -9,10 +9,13 @@ HUB_DATASETS: by class name, or by index with anchor checks; docs/protocols.md c
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import logging
+import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +23,9 @@ from typing import Any, Literal
 from PIL import Image
 
 from ..errors import UserInputError
-from .prompts import published_prompts
+from .prompts import published_prompts, read_text
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -76,26 +81,58 @@ HUB_DATASETS: dict[str, HubSpec] = {
 
 
 class EvalDataset:
-    """N labelled images: labels[i] is the class name of image i; image(i) decodes it (may raise)."""
+    """N labelled images: label_ids[i] is the class index of image i, class_names[k] the name of class k,
+    image(i) decodes image i (may raise).
+
+    Class indices are the published classidx for the paper's datasets (two classes may share a name:
+    ImageNet's 657 and 744 are both "missile"), the sorted subfolder position for folder:PATH, the digit
+    for builtin:mnist.
+    """
 
     def __init__(
         self,
+        name: str,
+        split: str,
+        label_ids: Sequence[int],
+        class_names: Sequence[str],
+        load: Callable[[int], Any],
+        prompts: Path | None = None,
+    ):
+        self.name = name
+        self.split = split
+        self.label_ids = [int(k) for k in label_ids]
+        self.class_names = [str(c) for c in class_names]
+        bad = next((k for k in self.label_ids if not 0 <= k < len(self.class_names)), None)
+        if bad is not None:
+            raise UserInputError(f"{name}: label {bad} is not a class index (0..{len(self.class_names) - 1})")
+        self._load = load
+        self.prompts = prompts  # the published prompts CSV, for text models
+
+    @classmethod
+    def from_names(
+        cls,
         name: str,
         split: str,
         labels: Sequence[str],
         load: Callable[[int], Any],
         class_names: Sequence[str] | None = None,
         prompts: Path | None = None,
-    ):
-        self.name = name
-        self.split = split
-        self.labels = list(labels)
-        self._load = load
-        self.class_names = list(class_names) if class_names is not None else list(dict.fromkeys(self.labels))
-        self.prompts = prompts  # the published prompts CSV, for text models
+    ) -> EvalDataset:
+        """A dataset whose images are labelled by class name (names unique; default: in order of appearance)."""
+        class_names = list(class_names) if class_names is not None else list(dict.fromkeys(labels))
+        index = {c: k for k, c in enumerate(class_names)}
+        missing = next((x for x in labels if x not in index), None)
+        if missing is not None:
+            raise UserInputError(f"{name}: label {missing!r} is not one of its class names")
+        return cls(name, split, [index[x] for x in labels], class_names, load, prompts)
+
+    @property
+    def labels(self) -> list[str]:
+        """The class name of each image."""
+        return [self.class_names[k] for k in self.label_ids]
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.label_ids)
 
     def image(self, i: int) -> Any:
         """Image i, decoded now (a PIL image for files and HF datasets)."""
@@ -133,13 +170,12 @@ def _builtin_mnist(split: str) -> EvalDataset:
     if split != "test":
         raise UserInputError(f"builtin:mnist has only the held-out 'test' split (got --split {split})")
     data = mnist.test_split()
-    labels = [mnist.CLASS_NAMES[y] for y in data.labels]
     return EvalDataset(
         "builtin:mnist",
         "test",
-        labels,
-        lambda i: Image.fromarray(data.images[i]),
+        data.labels.tolist(),
         mnist.CLASS_NAMES,
+        lambda i: Image.fromarray(data.images[i]),
         published_prompts("mnist"),
     )
 
@@ -147,7 +183,7 @@ def _builtin_mnist(split: str) -> EvalDataset:
 def _folder(name: str, root: Path) -> EvalDataset:
     """One subfolder of images per class; the label is the subfolder's name."""
     files, classes, ids = _class_folders(root)
-    return EvalDataset(name, "all", [classes[k] for k in ids], lambda i: decode_image(files[i]), classes)
+    return EvalDataset(name, "all", ids, classes, lambda i: decode_image(files[i]))
 
 
 def _class_folders(root: Path) -> tuple[list[Path], list[str], list[int]]:
@@ -207,8 +243,7 @@ def _eval_dataset(
 ) -> EvalDataset:
     border = spec.crop_border if spec else 0
     image = (lambda i: crop_border(load(i), border)) if border else load
-    # EvalDataset still keys labels by name; the class indices replace them when it takes them.
-    return EvalDataset(name, split, [classes[k] for k in ids], image, classes, prompts)
+    return EvalDataset(name, split, ids, classes, image, prompts)
 
 
 # --- Hugging Face datasets -------------------------------------------------------------------------
@@ -374,14 +409,51 @@ def classnames_by_index(prompts: Path) -> list[str]:
 # --- selecting images ------------------------------------------------------------------------------
 
 
-def select_indices(n: int, limit: int | None = None, subset: Sequence[int] | None = None) -> tuple[int, ...]:
-    """The dataset indices to evaluate, in order: all, the first `limit`, or the given subset."""
-    if limit is not None and subset is not None:
-        raise UserInputError("give only one of --limit and --subset")
+def shuffle_key(seed: int, i: int) -> bytes:
+    """Image i's place in the seed's shuffle: a hash, so the order is the same on every machine and
+    version (no random generator stream), and a class's or a prefix's picks never depend on other images."""
+    return hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()
+
+
+def shuffled(indices: Iterable[int], seed: int) -> list[int]:
+    """The indices in the seed's shuffled order."""
+    return sorted(indices, key=lambda i: shuffle_key(seed, i))
+
+
+def per_class_subset(label_ids: Sequence[int], n_classes: int, per_class: int, seed: int) -> tuple[int, ...]:
+    """n images of every class, each class's first ones in the seed's shuffle; round by round (the first
+    pick of every class in class order, then the second, ...), so a larger per_class extends a smaller one."""
+    if per_class < 1:
+        raise UserInputError(f"--per-class must be at least 1, got {per_class}")
+    by_class: list[list[int]] = [[] for _ in range(n_classes)]
+    for i, k in enumerate(label_ids):
+        by_class[k].append(i)
+    picks = [shuffled(members, seed)[:per_class] for members in by_class]
+    short = sum(len(p) < per_class for p in picks)
+    if short:
+        log.warning("%d of %d classes have fewer images than --per-class %d: all of theirs are taken", short,
+                    n_classes, per_class)  # fmt: skip
+    return tuple(p[r] for r in range(per_class) for p in picks if r < len(p))
+
+
+def select_indices(
+    dataset: EvalDataset,
+    limit: int | None = None,
+    subset: Sequence[int] | None = None,
+    per_class: int | None = None,
+    seed: int = 0,
+) -> tuple[int, ...]:
+    """The dataset indices to evaluate, in order: all; the first `limit` of the seed's shuffle (a larger
+    limit extends a smaller one); `per_class` images of every class (per_class_subset); or the given subset."""
+    n = len(dataset)
+    if sum(x is not None for x in (limit, subset, per_class)) > 1:
+        raise UserInputError("give only one of --limit, --subset and --per-class")
     if limit is not None:
         if limit < 1:
             raise UserInputError(f"--limit must be at least 1, got {limit}")
-        return tuple(range(min(limit, n)))
+        return tuple(shuffled(range(n), seed)[:limit])
+    if per_class is not None:
+        return per_class_subset(dataset.label_ids, len(dataset.class_names), per_class, seed)
     if subset is not None:
         bad = [i for i in subset if not 0 <= i < n]
         if bad:
@@ -393,13 +465,46 @@ def select_indices(n: int, limit: int | None = None, subset: Sequence[int] | Non
 
 
 def read_subset_file(path: str | Path) -> tuple[int, ...]:
-    """Dataset indices from a file: a JSON list, or integers separated by whitespace or commas."""
+    """Dataset indices from a file: a .npy integer array (as the official --subset_path and --per-class
+    write; never unpickled), a JSON list, or integers separated by whitespace or commas."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"subset file not found: {path}")
-    text = path.read_text()
+    if path.suffix.lower() == ".npy":
+        return _read_npy_subset(path)
+    text = read_text(path, "subset file")
     try:
         values = json.loads(text) if text.lstrip().startswith("[") else [int(x) for x in re.split(r"[\s,]+", text) if x]
-        return tuple(int(x) for x in values)
+        return tuple(_as_index(x) for x in values)
     except (ValueError, TypeError):
         raise UserInputError(f"subset file {path} must hold dataset indices (integers)") from None
+
+
+def _as_index(x: Any) -> int:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"not an integer: {x!r}")
+    return x
+
+
+def _read_npy_subset(path: Path) -> tuple[int, ...]:
+    import numpy as np
+
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # object arrays need pickle: refused
+        raise UserInputError(f"subset file {path} is not a numeric .npy array ({exc.__class__.__name__})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise UserInputError(f"subset file {path} must hold a 1-D integer array of dataset indices")
+    return tuple(int(x) for x in arr)
+
+
+def save_subset(path: Path, indices: Sequence[int]) -> None:
+    """The indices as a .npy int64 array (np.load reads it; so does the official --subset_path), atomically."""
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        np.save(f, np.asarray(indices, dtype=np.int64))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

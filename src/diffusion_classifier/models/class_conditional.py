@@ -15,6 +15,7 @@ Folder layouts:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -24,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..data.images import center_crop, resize_short_side, to_tensor
+from ..data.prompts import shown
 from ..errors import UserInputError
 from ..schedules import Full, get_schedule
 from . import Family, register_family
@@ -50,12 +52,12 @@ def class_ids(conditions: list[str], index: dict[str, int], num_classes: int) ->
         key = str(c).strip()
         if key in index:
             ids.append(index[key])
-        elif key.isdigit() and int(key) < num_classes:
+        elif re.fullmatch(r"[0-9]+", key) and int(key) < num_classes:  # ASCII digits: int("³") fails
             ids.append(int(key))
         else:
-            some = ", ".join(repr(n) for n in list(index)[:5])
+            some = ", ".join(shown(n) for n in list(index)[:5])
             raise UserInputError(
-                f"unknown class {c!r}: this model knows {num_classes} classes (e.g. {some}); "
+                f"unknown class {shown(str(c))}: this model knows {num_classes} classes (e.g. {some}); "
                 f"give a class name or an id 0..{num_classes - 1}"
             )
     return torch.tensor(ids, dtype=torch.long)
