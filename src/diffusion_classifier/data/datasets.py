@@ -9,6 +9,7 @@ prompts CSV, so they match the candidates built from it.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -68,6 +69,8 @@ class EvalDataset:
         load: Callable[[int], Any],
         class_names: Sequence[str] | None = None,
         prompts: Path | None = None,
+        identity: dict[str, Any] | None = None,
+        file_sizes: Sequence[int] | None = None,
     ):
         self.name = name
         self.split = split
@@ -75,6 +78,9 @@ class EvalDataset:
         self._load = load
         self.class_names = list(class_names) if class_names is not None else list(dict.fromkeys(self.labels))
         self.prompts = prompts  # the published prompts CSV, for text models
+        # what a run directory records to refuse another dataset on resume (absolute, never the spelled name)
+        self.identity = identity or {"kind": "custom", "name": name, "split": split, "images": len(self.labels)}
+        self.file_sizes = tuple(file_sizes) if file_sizes is not None else None  # bytes of each image file
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -117,6 +123,7 @@ def _builtin_mnist(split: str) -> EvalDataset:
         lambda i: Image.fromarray(data.images[i]),
         mnist.CLASS_NAMES,
         published_prompts("mnist"),
+        identity={"kind": "builtin", "name": "builtin:mnist", "split": "test", "images": len(labels)},
     )
 
 
@@ -133,7 +140,17 @@ def _folder(name: str, root: Path) -> EvalDataset:
     ]
     if not files:
         raise UserInputError(f"no images in {root}: expected {root}/CLASS_NAME/IMAGE.png")
-    return EvalDataset(name, "all", [c for c, _ in files], lambda i: decode_image(files[i][1]), classes)
+    names = [f"{c}/{f.name}" for c, f in files]
+    identity = {"kind": "folder", "path": str(root.resolve()), "images": len(files), "names": digest(names)}
+    sizes = [f.stat().st_size for _, f in files]  # cheap (no reads): a fixed or replaced image changes its size
+    return EvalDataset(
+        name, "all", [c for c, _ in files], lambda i: decode_image(files[i][1]), classes, None, identity, sizes
+    )
+
+
+def digest(lines: Sequence[str]) -> str:
+    """A short fingerprint of a list of strings (sha256 of the lines, 16 hex digits)."""
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def decode_image(source: Any) -> Image.Image:
@@ -184,7 +201,16 @@ def _hf(
     prompts = published_prompts(name) if spec else None
     labels, classes = _label_names(raw, names, prompts, spec.label_ids if spec else "auto")
     images = ds.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
-    return EvalDataset(name, split, labels, lambda i: decode_image(images[i][image_col]), classes, prompts)
+    local = Path(source).expanduser()
+    identity = {
+        "kind": "disk" if local.exists() else "hub",
+        "name": name,
+        "source": str(local.resolve()) if local.exists() else source,
+        "split": split,
+        "images": len(labels),
+        "fingerprint": getattr(ds, "_fingerprint", None),  # datasets' hash of the table's content and history
+    }
+    return EvalDataset(name, split, labels, lambda i: decode_image(images[i][image_col]), classes, prompts, identity)
 
 
 def _load_split(datasets, source: str, split: str):

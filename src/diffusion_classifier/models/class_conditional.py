@@ -22,6 +22,7 @@ from PIL import Image
 
 from ..data.images import center_crop, resize_short_side, to_tensor
 from ..errors import UserInputError
+from ..files import read_json_object
 from . import Family, register_family
 from .base import DiffusionAdapter
 
@@ -147,7 +148,7 @@ class ClassUNetModel(DiffusionAdapter):
         from diffusers import UNet2DModel
 
         try:
-            config = json.loads((path / UNET_CONFIG).read_text())
+            config = read_json_object(path / UNET_CONFIG)
             unet = UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, use_safetensors=True)
             alphas_cumprod = load_alphas_cumprod(path)
         except (OSError, ValueError) as exc:
@@ -231,7 +232,7 @@ class DiTModel(DiffusionAdapter):
         from diffusers import AutoencoderKL, DiTTransformer2DModel
 
         try:
-            index = json.loads((path / "model_index.json").read_text())
+            index = read_json_object(path / "model_index.json")
             kw = {"torch_dtype": dtype, "use_safetensors": True}
             transformer = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer", **kw)
             vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
