@@ -48,6 +48,7 @@ from .schedules import Schedule
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+DAMAGED = "the run directory is damaged: use a new --out, or delete the folder to start over"
 RECORDS_GLOB = "records-rank*.jsonl"
 
 
@@ -167,7 +168,7 @@ class RunConfig:
         d = checked_fields(cls, d, where)
         cands = d.get("candidates", {})
         if not all(isinstance(cands.get(k), list) for k in ("labels", "conditions")):
-            raise UserInputError(f"{where}: candidates must hold the lists labels and conditions; use a new --out")
+            raise UserInputError(f"{where}: candidates must hold the lists labels and conditions; {DAMAGED}")
         for key in ("subset", "selection", "file_sizes"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
@@ -184,12 +185,11 @@ def checked_fields(cls: type, d: dict[str, Any], where: str) -> dict[str, Any]:
     out = {k: v for k, v in d.items() if k in fields}
     for name, value in out.items():
         if not _json_type_ok(value, hints[name]):
-            raise UserInputError(f"{where}: {name} has the wrong type ({value!r:.40}); the file is damaged: use a "
-                                 "new --out, or delete the folder to start over")  # fmt: skip
+            raise UserInputError(f"{where}: {name} has the wrong type ({value!r:.40}); {DAMAGED}")
     no_default = dataclasses.MISSING
     missing = [n for n, f in fields.items() if n not in out and f.default is f.default_factory is no_default]
     if missing:
-        raise UserInputError(f"{where} lacks {', '.join(missing)}; it is not a complete run configuration")
+        raise UserInputError(f"{where} lacks {', '.join(missing)}; {DAMAGED}")
     return out
 
 
@@ -244,8 +244,10 @@ class RunStore:
     def read_config(self) -> RunConfig | None:
         if not self.config_path.exists():
             return None
-        fix = "the run directory is damaged: use a new --out, or delete the folder to start over"
-        return RunConfig.from_dict(read_json_object(self.config_path, fix), str(self.config_path))
+        data = read_json_object(self.config_path, DAMAGED)
+        if data.get("kind") == "winoground":
+            raise UserInputError(f"{self.dir} holds a Winoground run (of `winoground --out`); use another --out")
+        return RunConfig.from_dict(data, str(self.config_path))
 
     def require_config(self) -> RunConfig:
         config = self.read_config()

@@ -33,7 +33,7 @@ from .errors import UserInputError
 from .files import check_out_dir, read_json_object
 from .matching import PairScorer
 from .metrics import wilson_interval
-from .runs import RunStore, Shard, checked_fields, package_versions, write_atomic
+from .runs import DAMAGED, RunStore, Shard, checked_fields, package_versions, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def read_config(store: RunStore) -> dict[str, Any] | None:
     """The saved configuration of a run directory as a dict (None when there is none; a damaged one is refused)."""
     if not store.config_path.exists():
         return None
-    config = read_json_object(store.config_path, "the run directory is damaged: use a new --out, or delete it")
+    config = read_json_object(store.config_path, DAMAGED)
     if config.get("kind") == "winoground":
         checked_fields(WinogroundConfig, config, str(store.config_path))
     return config
