@@ -173,6 +173,9 @@ def test_hf_dataset_from_a_local_save_to_disk_copy(tmp_path):
     assert data.class_names == ["a", "b", "c"]
     img = data.image(3)
     assert img.size == (8, 8) and np.asarray(img)[0, 0, 0] == 30
+    # recorded by resolved path and datasets' fingerprint; opening it again gives the same identity
+    assert data.identity["kind"] == "disk" and data.identity["source"] == str((tmp_path / "copy").resolve())
+    assert data.identity["fingerprint"] and open_dataset(str(tmp_path / "copy"), split="test").identity == data.identity
     with pytest.raises(UserInputError, match="split"):
         open_dataset(str(tmp_path / "copy"), split="train")
 

@@ -140,17 +140,36 @@ def _folder(name: str, root: Path) -> EvalDataset:
     ]
     if not files:
         raise UserInputError(f"no images in {root}: expected {root}/CLASS_NAME/IMAGE.png")
-    names = [f"{c}/{f.name}" for c, f in files]
-    identity = {"kind": "folder", "path": str(root.resolve()), "images": len(files), "names": digest(names)}
-    sizes = [f.stat().st_size for _, f in files]  # cheap (no reads): a fixed or replaced image changes its size
+    identity, sizes = folder_identity(root, [f for _, f in files])
     return EvalDataset(
         name, "all", [c for c, _ in files], lambda i: decode_image(files[i][1]), classes, None, identity, sizes
     )
 
 
-def digest(lines: Sequence[str]) -> str:
-    """A short fingerprint of a list of strings (sha256 of the lines, 16 hex digits)."""
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+def folder_identity(root: Path, files: Sequence[Path]) -> tuple[dict[str, Any], list[int]]:
+    """A folder dataset's identity (resolved path, image count, fingerprint of the relative paths) and the
+    size of each file: cheap (no reads), and a fixed or replaced image changes its size."""
+    names = "\n".join(f.relative_to(root).as_posix() for f in files)
+    identity = {
+        "kind": "folder",
+        "path": str(root.resolve()),
+        "images": len(files),
+        "names": hashlib.sha256(names.encode()).hexdigest()[:16],
+    }
+    return identity, [f.stat().st_size for f in files]
+
+
+def table_identity(name: str, source: str, split: str, ds: Any, rows: int) -> dict[str, Any]:
+    """A datasets table's identity: the hub id or the resolved save_to_disk path, and datasets' fingerprint."""
+    local = Path(source).expanduser()
+    return {
+        "kind": "disk" if local.exists() else "hub",
+        "name": name,
+        "source": str(local.resolve()) if local.exists() else source,
+        "split": split,
+        "images": rows,
+        "fingerprint": getattr(ds, "_fingerprint", None),  # a hash of the table's content and history
+    }
 
 
 def decode_image(source: Any) -> Image.Image:
@@ -201,15 +220,7 @@ def _hf(
     prompts = published_prompts(name) if spec else None
     labels, classes = _label_names(raw, names, prompts, spec.label_ids if spec else "auto")
     images = ds.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
-    local = Path(source).expanduser()
-    identity = {
-        "kind": "disk" if local.exists() else "hub",
-        "name": name,
-        "source": str(local.resolve()) if local.exists() else source,
-        "split": split,
-        "images": len(labels),
-        "fingerprint": getattr(ds, "_fingerprint", None),  # datasets' hash of the table's content and history
-    }
+    identity = table_identity(name, source, split, ds, len(labels))
     return EvalDataset(name, split, labels, lambda i: decode_image(images[i][image_col]), classes, prompts, identity)
 
 
