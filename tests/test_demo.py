@@ -26,7 +26,7 @@ def tiny_mnist_model(tmp_path_factory):
 @pytest.fixture
 def tiny_demo(tiny_mnist_model, monkeypatch):
     monkeypatch.setattr(demo, "MODEL", str(tiny_mnist_model))
-    monkeypatch.setattr(demo, "baseline", lambda out: 0.5)  # the real baseline trains a classifier: tested elsewhere
+    monkeypatch.setattr(demo, "baseline", lambda out, indices: 0.5)  # the real one trains a CNN: tested below
 
 
 def run_demo_json(capsys, *argv: str) -> dict:
@@ -63,11 +63,37 @@ def test_demo_reports_and_resumes(tiny_demo, tmp_path, capsys):
     assert run_demo_json(capsys, "--limit", 4, "--out", out)["accuracy"] == result["accuracy"]  # resumed
     assert [p.read_bytes() for p in RunStore(out).record_files()] == before
 
-    assert main(["demo", "--limit", "5", "--out", str(out)]) == 2  # other settings: refused ...
+    assert main(["demo", "--limit", "5", "--out", str(out), "--seed", "1"]) == 2  # other settings: refused ...
     assert "--fresh" in capsys.readouterr().err
-    assert run_demo_json(capsys, "--limit", 5, "--out", out, "--fresh")["n"] == 5  # ... unless --fresh
-    grown = json.loads((out / "results.json").read_text())["images"]
-    assert set(picked) < {img["index"] for img in grown}  # a larger --limit extends the smaller one
+    assert run_demo_json(capsys, "--limit", 5, "--out", out, "--fresh", "--seed", 1)["n"] == 5  # ... unless --fresh
+
+
+def lines(out) -> list[bytes]:
+    return [line for p in RunStore(out).record_files() for line in p.read_bytes().splitlines()]
+
+
+def test_demo_resumes_with_another_limit_and_scores_the_baseline_on_the_same_digits(
+    tiny_mnist_model, monkeypatch, tmp_path, capsys
+):
+    from diffusion_classifier import baseline as baseline_module
+
+    monkeypatch.setattr(demo, "MODEL", str(tiny_mnist_model))
+    trained = []
+    monkeypatch.setattr(baseline_module, "baseline_predictions", lambda seed=0: trained.append(seed) or [0] * 1000)
+    out = tmp_path / "report"
+    assert run_demo_json(capsys, "--limit", 3, "--out", out)["n"] == 3
+    first = lines(out)
+    grown = run_demo_json(capsys, "--out", out, "--limit", 6)  # no --fresh: resumes
+    assert grown["n"] == 6 and len(lines(out)) == 6 and lines(out)[:3] == first  # 3 reused, 3 classified
+    images = json.loads((out / "results.json").read_text())["images"]
+    assert len(images) == 6
+    # the baseline (here: always "0") is scored on exactly the six digits the diffusion classifier reports on
+    assert grown["baseline_accuracy"] == sum(img["label"] == "0" for img in images) / 6
+    assert trained == [0]  # its predictions are cached once per report folder
+    shrunk = run_demo_json(capsys, "--out", out, "--limit", 2)
+    assert shrunk["n"] == 2 and len(lines(out)) == 6  # a smaller selection: nothing classified, two reported
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["expected"] == 2 and len(saved["images"]) == 2
 
 
 def test_demo_table_output(tiny_demo, tmp_path, capsys):
@@ -86,13 +112,17 @@ def test_demo_with_the_bundled_model(tmp_path, capsys):
 
 def test_the_baseline_is_trained_once_per_report_folder(tmp_path, monkeypatch):
     from diffusion_classifier import baseline as baseline_module
+    from diffusion_classifier.data.mnist import test_split
 
     calls = []
-    monkeypatch.setattr(baseline_module, "baseline_accuracy", lambda seed=0: calls.append(seed) or 0.97)
-    assert demo.baseline(tmp_path) == 0.97
-    assert demo.baseline(tmp_path) == 0.97
+    truth = test_split().labels.tolist()
+    monkeypatch.setattr(baseline_module, "baseline_predictions", lambda seed=0: calls.append(seed) or truth)
+    assert demo.baseline(tmp_path, [0, 5, 999]) == 1.0
+    assert demo.baseline(tmp_path, [1, 2]) == 1.0
     assert calls == [0]
     cached = json.loads((tmp_path / "baseline.json").read_text())
     cached["config"]["epochs"] += 1  # the baseline's recipe changed: train again
+    cached["predictions"][0] = (truth[0] + 1) % 10  # (and the cached value is not used)
     (tmp_path / "baseline.json").write_text(json.dumps(cached))
-    assert demo.baseline(tmp_path) == 0.97 and calls == [0, 0]
+    assert demo.baseline(tmp_path, [0]) == 1.0 and calls == [0, 0]
+    assert demo.baseline(tmp_path, []) is None

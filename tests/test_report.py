@@ -104,7 +104,21 @@ def test_report_of_an_unfinished_run_and_of_several_runs(tiny_sd_path, digit_fol
     table = run_cli(capsys, "report", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "figs")
     assert "2/6" in table and "3/3" in table
     assert (tmp_path / "figs" / "accuracy_vs_calls.png").is_file()
-    assert (tmp_path / "figs" / "a-confusion.png").is_file()
+    assert (tmp_path / "figs" / "a" / "confusion.png").is_file()
+
+
+def test_report_out_keeps_the_figures_of_runs_with_the_same_name_apart(tiny_sd_path, digit_folder, tmp_path, capsys):
+    root, _ = digit_folder
+    common = ["--dataset", f"folder:{root}", "--model", tiny_sd_path, "--device", "cpu", "--timesteps", "500"]
+    runs = [tmp_path / "x" / "run", tmp_path / "y" / "run"]
+    for run_dir, limit in zip(runs, ("2", "3")):
+        run_cli(capsys, "eval", "--out", run_dir, "--limit", limit, *common)
+    out = run_cli(capsys, "report", *runs, "--out", tmp_path / "figs")
+    figs = {p.relative_to(tmp_path / "figs").as_posix() for p in (tmp_path / "figs").rglob("*.png")}
+    assert {"x-run/confusion.png", "y-run/confusion.png", "accuracy_vs_calls.png"} <= figs
+    assert out.count("wrote ") == len(figs)
+    one = run_cli(capsys, "report", runs[0], runs[0], "--out", tmp_path / "twice")  # the same run twice
+    assert "twice/run-2/confusion.png" in one and (tmp_path / "twice" / "run" / "confusion.png").is_file()
 
 
 def test_wilson_interval_known_values():

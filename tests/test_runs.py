@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -176,6 +177,9 @@ def test_hf_dataset_from_a_local_save_to_disk_copy(tmp_path):
     assert data.class_names == ["a", "b", "c"]
     img = data.image(3)
     assert img.size == (8, 8) and np.asarray(img)[0, 0, 0] == 30
+    # recorded by resolved path and datasets' fingerprint; opening it again gives the same identity
+    assert data.identity["kind"] == "disk" and data.identity["source"] == str((tmp_path / "copy").resolve())
+    assert data.identity["fingerprint"] and open_dataset(str(tmp_path / "copy"), split="test").identity == data.identity
     with pytest.raises(UserInputError, match="split"):
         open_dataset(str(tmp_path / "copy"), split="train")
 
@@ -224,3 +228,228 @@ def test_hub_datasets_fail_clearly_offline_and_without_a_public_copy(monkeypatch
         open_dataset("cifar10")
     with pytest.raises(UserInputError, match="--data-dir"):
         open_dataset("objectnet")
+
+
+# --- run directories never duplicate, mix or lose work (issue #12) ------------------------------------
+
+EVAL = ["--model", "builtin:mnist", "--timesteps", "500", "--device", "cpu"]
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the CLI run in this process."""
+    from diffusion_classifier.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model load fails the test: the checks under test must answer before one."""
+    from diffusion_classifier.pipeline import DiffusionClassifier
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the check")
+
+    monkeypatch.setattr(DiffusionClassifier, "from_pretrained", refuse)
+
+
+def digits(root, sizes=None):
+    """A folder dataset: classes 3 and 8, two 28 x 28 digits each (shade k), the same names in every copy."""
+    for label in ("3", "8"):
+        (root / label).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(np.full((28, 28), 60 * k + (sizes or 0), dtype=np.uint8)).save(root / label / f"{k}.png")
+    return root
+
+
+def record_lines(out) -> list[dict]:
+    return [r for p in RunStore(out).record_files() for r in read_records(p)]
+
+
+def test_a_second_process_on_the_same_out_is_refused_and_a_stale_lock_is_taken_over(
+    tmp_path, capsys, caplog, no_model_loads
+):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from diffusion_classifier.runs import RunStore\n"
+         "with RunStore(sys.argv[1]).lock():\n    print('locked', flush=True); sys.stdin.read()", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = cli(capsys, "eval", "--dataset", "builtin:mnist", "--out", out, "--limit", 2, *EVAL)
+        assert code == 2 and f"pid {holder.pid}" in err and "in use" in err and len(err.strip().splitlines()) == 1
+    finally:
+        holder.kill()  # SIGKILL: no clean release, the lock file still names it
+        holder.wait()
+    assert f'"pid": {holder.pid}' in (out / "lock-rank00000").read_text()
+    with caplog.at_level("WARNING"), RunStore(out).lock() as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert f"stale lock {out / 'lock-rank00000'} of pid {holder.pid}" in caplog.text
+    assert (out / "lock-rank00000").read_text() == ""  # released cleanly: nobody to take over next time
+
+
+@pytest.mark.parametrize("flock", [True, False], ids=["flock", "o_excl"])
+def test_locks_per_rank(tmp_path, monkeypatch, caplog, flock):
+    from diffusion_classifier import runs
+
+    if not flock:
+        monkeypatch.setattr(runs, "fcntl", None)
+    store = RunStore(tmp_path / "run")
+    with store.lock(Shard(0, 2)), store.lock(Shard(1, 2)):  # the ranks of one sharded run: each its own lock
+        with pytest.raises(UserInputError, match=f"pid {os.getpid()}"):
+            store.lock(Shard(1, 2)).__enter__()  # the same rank twice
+        with pytest.raises(UserInputError, match="in use"):
+            store.lock(Shard(2, 3)).__enter__()  # a run of another size would redo their images
+    with store.lock(Shard(0, 1)):  # all released
+        pass
+    if not flock:  # a lock file left by a process that is gone from this host is taken over
+        dead = exited_pid()
+        (store.dir / "lock-rank00000").write_text(json.dumps({"pid": dead, "host": os.uname().nodename}))
+        with caplog.at_level("WARNING"), store.lock():
+            pass
+        assert f"of pid {dead}" in caplog.text
+
+
+def exited_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_folder_dataset_is_identified_by_its_absolute_path_and_files(tmp_path, capsys, monkeypatch):
+    digits(tmp_path / "a" / "digits")
+    digits(tmp_path / "b" / "digits", sizes=1)  # the same names elsewhere, other content
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "a")
+    assert cli(capsys, "eval", "--dataset", "folder:digits", "--out", out, *EVAL)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset_id"]["path"] == str((tmp_path / "a" / "digits").resolve())
+    assert config["dataset_id"]["images"] == 4 and len(config["file_sizes"]) == 4
+
+    monkeypatch.chdir(tmp_path / "b")  # `folder:digits` now names another folder: refused, saying both
+    code, _, err = cli(capsys, "eval", "--dataset", "folder:digits", "--out", out, *EVAL)
+    assert code == 2 and str(tmp_path / "a" / "digits") in err and str(tmp_path / "b" / "digits") in err
+    assert len(record_lines(out)) == 4
+
+    monkeypatch.chdir(tmp_path)  # the same folder from another working directory: resumes
+    code, stdout, _ = cli(capsys, "eval", "--dataset", "folder:a/digits", "--out", out, *EVAL)
+    assert code == 0 and "4/4" in stdout and len(record_lines(out)) == 4
+
+    (tmp_path / "a" / "digits" / "8" / "2.png").write_bytes((tmp_path / "a" / "digits" / "8" / "1.png").read_bytes())
+    code, _, err = cli(capsys, "eval", "--dataset", "folder:a/digits", "--out", out, *EVAL)
+    assert code == 2 and "another dataset" in err  # a file added: the indices would shift
+    (tmp_path / "a" / "digits" / "8" / "2.png").unlink()
+    Image.fromarray(np.full((28, 28), 7, dtype=np.uint8)).resize((30, 30)).save(
+        tmp_path / "a" / "digits" / "3" / "0.png"
+    )
+    code, _, err = cli(capsys, "eval", "--dataset", "folder:a/digits", "--out", out, *EVAL)
+    assert code == 2 and "changed since they were classified" in err  # a classified image replaced
+
+
+def test_failed_images_are_retried_on_resume(tmp_path, capsys):
+    root = digits(tmp_path / "digits")
+    broken = root / "8" / "1.png"
+    good = broken.read_bytes()
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "run"
+    code, stdout, err = cli(capsys, "eval", "--dataset", f"folder:{root}", "--out", out, *EVAL)
+    assert code == 1 and "(1 failed)" in stdout and "1 image(s) failed" in err  # some failed, the rest done
+    assert json.loads(cli(capsys, "report", out, "--json")[1])["failed"] == 1
+
+    broken.write_bytes(good)  # the user fixes the file (its size changes: allowed, it has no ok record)
+    code, stdout, _ = cli(capsys, "eval", "--dataset", f"folder:{root}", "--out", out, *EVAL)
+    assert code == 0 and "| 4/4 |" in stdout
+    report = json.loads(cli(capsys, "report", out, "--json")[1])
+    assert (report["n"], report["failed"]) == (4, 0)
+    ok = sorted(r["index"] for r in record_lines(out) if r["status"] == "ok")
+    assert ok == [0, 1, 2, 3]  # one ok record per image: nothing classified twice
+
+
+def test_every_image_failing_exits_2(tmp_path, capsys):
+    root = digits(tmp_path / "digits")
+    for path in root.rglob("*.png"):
+        path.write_bytes(b"broken")
+    code, stdout, _ = cli(capsys, "eval", "--dataset", f"folder:{root}", "--out", tmp_path / "run", *EVAL)
+    assert code == 2 and "(4 failed)" in stdout
+
+
+def test_unusable_out_paths_are_refused_before_any_model_loads(tmp_path, capsys, monkeypatch, no_model_loads):
+    from diffusion_classifier import training
+
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("training started"))
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    wino = tmp_path / "wino"
+    (wino / "images").mkdir(parents=True)
+    row = {"id": 0, "caption_0": "a b", "caption_1": "b a", "image_0": "x", "image_1": "y", "collapsed_tag": "Object"}
+    (wino / "examples.jsonl").write_text(json.dumps(row) + "\n")
+    for name in ("x", "y"):
+        _digit(0).save(wino / "images" / f"{name}.png")
+    report_run = tmp_path / "report-run"
+    RunStore(report_run).claim(make_config("gauss", make_job(*gaussian_setup(2)[:2])))
+    bad = [a_file, a_file / "sub"]  # the path is a file; a parent is a file (both hold as root too)
+    if os.geteuid() != 0:  # chmod does not bind root
+        (tmp_path / "ro").mkdir(mode=0o500)
+        bad.append(tmp_path / "ro" / "run")
+    for out in bad:
+        commands = [
+            ["eval", "--dataset", "builtin:mnist", "--limit", 1, "--out", out, *EVAL],
+            ["demo", "--limit", 1, "--out", out],
+            ["winoground", "--data-dir", wino, "--model", "builtin:mnist", "--out", out],
+            ["calibrate", "--model", "builtin:mnist", "--data", "folder:nowhere", "--out", out / "w.json"],
+            ["report", report_run, "--out", out],
+            ["train", "--out", out],
+        ]  # fmt: skip
+        for argv in commands:
+            code, stdout, err = cli(capsys, *argv)
+            assert code == 2 and len(err.strip().splitlines()) == 1 and str(out) in err, (argv, err)
+    code, _, err = cli(capsys, "calibrate", "--model", "builtin:mnist", "--data", "folder:x", "--out", tmp_path)
+    assert code == 2 and "is a folder" in err
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", "[1, 2]", '{"model": 5}', '"text"'], ids=["not-json", "list", "types", "string"]
+)
+def test_a_damaged_run_config_is_one_line(tmp_path, capsys, content, no_model_loads):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(content)
+    for argv in (["eval", "--dataset", "builtin:mnist", "--out", out, *EVAL], ["report", out]):
+        code, stdout, err = cli(capsys, *argv)
+        assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1 and "config.json" in err
+
+
+def test_wrong_field_types_in_a_run_config_are_named(tmp_path):
+    clf, dataset, _ = gaussian_setup(2)
+    store = start(tmp_path, clf, make_job(clf, dataset))
+    config = json.loads(store.config_path.read_text())
+    for field_name, value in (("seed", "0"), ("images", None), ("candidates", []), ("selection", 3)):
+        store.config_path.write_text(json.dumps({**config, field_name: value}))
+        with pytest.raises(UserInputError, match=field_name):
+            store.read_config()
+    store.config_path.write_text(json.dumps({**config, "candidates": {"labels": ["0"]}}))
+    with pytest.raises(UserInputError, match="candidates"):
+        store.read_config()
+
+
+@pytest.mark.parametrize("bad_file", ["classifier_config.json", "unet/config.json", "model_index.json"])
+def test_a_model_folder_json_holding_a_list_is_one_line(tmp_path, capsys, bad_file):
+    import shutil
+
+    from diffusion_classifier.models import BUILTIN_DIR
+
+    model = tmp_path / "model"
+    shutil.copytree(BUILTIN_DIR / "mnist", model)
+    (model / bad_file).write_text("[1, 2]")
+    _digit(0).save(tmp_path / "x.png")
+    code, _, err = cli(capsys, "classify", tmp_path / "x.png", "--model", model, "--labels", "0", "1")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and bad_file.split("/")[-1] in err and "array" in err

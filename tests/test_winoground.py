@@ -14,7 +14,7 @@ from PIL import Image
 from diffusion_classifier.cli import main
 from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.metrics import wilson_interval
-from diffusion_classifier.runs import RunStore
+from diffusion_classifier.runs import RunStore, read_records
 from diffusion_classifier.winoground import (
     PairScores,
     Scores,
@@ -290,3 +290,22 @@ def test_sharded_run_equals_one_process(tiny_sd_path, wino_dir, noise_file, tmp_
     for a, b in zip(sharded["examples"], single["examples"], strict=True):
         assert a == pytest.approx(b)
     assert {k: v for k, v in sharded.items() if k != "examples"} == {k: v for k, v in single.items() if k != "examples"}
+
+
+def test_a_failed_example_exits_1_and_is_scored_once_fixed(tiny_sd_path, wino_dir, noise_file, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "wino"
+    shutil.copytree(wino_dir, data)
+    broken = data / "images" / "ex_1_img_0.png"
+    good = broken.read_bytes()
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "run"
+    assert main(wino_argv(tiny_sd_path, data, noise_file, out)) == 1  # one failed, the rest scored
+    assert json.loads(capsys.readouterr().out)["failed"] == 1
+    broken.write_bytes(good)
+    assert main(wino_argv(tiny_sd_path, data, noise_file, out)) == 0  # resumed: only example 1 again
+    result = json.loads(capsys.readouterr().out)
+    assert result["failed"] == 0 and result["n"] == 3
+    ok = [r["index"] for r in read_records(next(out.glob("records-rank*.jsonl"))) if r["status"] == "ok"]
+    assert sorted(ok) == [0, 1, 2]

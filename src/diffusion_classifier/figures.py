@@ -49,8 +49,8 @@ def accuracy_calls_figure(series: dict[str, dict], path: Path) -> Path:
             calls, acc = zip(*s["curve"])
             ax.plot(calls, acc, "-", color=color, alpha=0.6)
         lo, hi = s["interval"]
-        ax.errorbar([s["calls"]], [s["accuracy"]], yerr=[[s["accuracy"] - lo], [hi - s["accuracy"]]], fmt="o",
-                    color=color, label=name, capsize=3)  # fmt: skip
+        yerr = [[max(s["accuracy"] - lo, 0.0)], [max(hi - s["accuracy"], 0.0)]]  # rounding: 100 % above 0.99999
+        ax.errorbar([s["calls"]], [s["accuracy"]], yerr=yerr, fmt="o", color=color, label=name, capsize=3)
     ax.set_xscale("log")
     ax.set_xlabel("model calls per image")
     ax.set_ylabel("top-1 accuracy")

@@ -56,7 +56,7 @@ def outcomes(records: list[dict]) -> tuple[list[Hashable], list[Hashable]]:
 
 def summarize_run(store: RunStore) -> RunSummary:
     config = store.require_config()
-    records = store.records()
+    records = store.selected_records()
     ok = ok_records(records)
     labels, preds = outcomes(ok)
     k = sum(a == b for a, b in zip(labels, preds))
@@ -133,7 +133,7 @@ def run_json(store: RunStore) -> dict[str, Any]:
             "seconds": r.get("seconds"),
             "status": r["status"],
         }
-        for r in store.records().values()
+        for r in store.selected_records().values()
     ]
     return {
         "run": summary.run,
@@ -185,7 +185,7 @@ def prefix_accuracy_curve(store: RunStore) -> list[tuple[int, float]] | None:
     Defined for runs that saved errors with the same trials for every candidate (Full schedules);
     None otherwise. It shows what a shorter Full schedule over the same noise would have scored.
     """
-    ok = ok_records(store.records())
+    ok = ok_records(store.selected_records())
     if not ok or any("errors" not in r for r in ok):
         return None
     lengths = {len(e["e"]) for r in ok for e in r["errors"].values()}
@@ -212,7 +212,7 @@ def error_by_timestep(store: RunStore) -> tuple[list[int], list[float], list[flo
     Per image, a class's errors are those of its best candidate; the best wrong class is the wrong
     class with the lowest mean error. None if the run saved no per-trial errors.
     """
-    ok = [r for r in ok_records(store.records()) if "errors" in r]
+    ok = [r for r in ok_records(store.selected_records()) if "errors" in r]
     if not ok:
         return None
     key_class = _key_classes(store.require_config())
@@ -246,7 +246,7 @@ def write_figures(store: RunStore, out_dir: Path | None = None, prefix: str = ""
     out_dir = Path(out_dir or store.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = store.require_config()
-    ok = ok_records(store.records())
+    ok = ok_records(store.selected_records())
     if not ok:
         return []
     cands = config.candidates_obj()

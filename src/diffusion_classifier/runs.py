@@ -18,7 +18,11 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import sys
+import time
+import types
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,16 +32,23 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: RunLock falls back to O_EXCL lock files
+    fcntl = None
+
 from .data.datasets import EvalDataset
 from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_template, read_prompts_csv, shown
 from .errors import UserInputError
 from .estimator import Loss
+from .files import check_out_dir, read_json_object
 from .pipeline import ClassificationResult, DiffusionClassifier
 from .schedules import Schedule
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+DAMAGED = "the run directory is damaged: use a new --out, or delete the folder to start over"
 RECORDS_GLOB = "records-rank*.jsonl"
 SUBSET_FILE = "subset.npy"  # the evaluated dataset indices of a run over a selection (np.load reads it)
 
@@ -116,8 +127,11 @@ def end_group(grouped: bool) -> None:
 class RunConfig:
     """Everything that decides a run's records; saved as config.json beside them.
 
-    Two runs may share a directory only if their identity() is equal: model_info, versions and
-    save_errors are recorded for the reader but do not change which label an image gets.
+    Two runs may share a directory only if their identity() is equal. The dataset is identified by
+    dataset_id (a resolved path or hub id and a fingerprint), never by the name as typed. The
+    selection (images, limit, subset, selection) may grow or shrink between runs of one directory: it
+    is rewritten on resume, and readers count the records of the current selection. model_info,
+    versions, save_errors and file_sizes are recorded for the reader and checked apart (file sizes).
     """
 
     model: str
@@ -127,7 +141,7 @@ class RunConfig:
     loss: str
     seed: int
     candidates: dict[str, list]  # {"labels": [...], "conditions": [...], "class_ids": [...]}
-    images: int  # how many images the run covers (after --limit / --subset / --per-class)
+    images: int  # how many images the run covers now (after --limit / --subset / --per-class)
     limit: int | None = None
     subset: tuple[int, ...] | None = None
     per_class: int | None = None
@@ -139,8 +153,12 @@ class RunConfig:
     model_info: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     save_errors: bool = False
+    dataset_id: dict[str, Any] = field(default_factory=dict)  # EvalDataset.identity
+    selection: tuple[int, ...] | None = None  # the dataset indices covered now; None: all of them
+    file_sizes: tuple[int, ...] | None = None  # bytes of each image file of a folder dataset
 
-    NOT_IDENTITY = ("model_info", "versions", "save_errors")
+    NOT_IDENTITY = ("model_info", "versions", "save_errors", "dataset", "images", "limit", "subset", "selection",
+                    "per_class", "subset_seed", "file_sizes")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, as stored
@@ -149,15 +167,17 @@ class RunConfig:
         return {k: v for k, v in self.to_dict().items() if k not in self.NOT_IDENTITY}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        if d.get("subset") is not None:
-            d["subset"] = tuple(d["subset"])
-        if isinstance(d.get("candidates"), dict) and "class_ids" not in d["candidates"]:
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> RunConfig:
+        d = checked_fields(cls, d, where)
+        cands = d.get("candidates", {})
+        if not all(isinstance(cands.get(k), list) for k in ("labels", "conditions")):
+            raise UserInputError(f"{where}: candidates must hold the lists labels and conditions; {DAMAGED}")
+        for key in ("subset", "selection", "file_sizes"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        if "class_ids" not in cands:
             # runs written before class indices: the ids their labels imply, so they still resume
-            cands = Candidates(tuple(d["candidates"]["labels"]), tuple(d["candidates"]["conditions"]))
-            d["candidates"] = candidates_dict(cands)
+            d["candidates"] = candidates_dict(Candidates(tuple(cands["labels"]), tuple(cands["conditions"])))
         return cls(**d)
 
     def candidates_obj(self) -> Candidates:
@@ -168,6 +188,41 @@ class RunConfig:
 def candidates_dict(cands: Candidates) -> dict[str, list]:
     """Candidates as stored in config.json."""
     return {"labels": list(cands.labels), "conditions": list(cands.conditions), "class_ids": list(cands.class_ids)}
+
+
+def checked_fields(cls: type, d: dict[str, Any], where: str) -> dict[str, Any]:
+    """A stored config's known fields, each of its declared JSON type (a damaged file is one clear line)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {k: v for k, v in d.items() if k in fields}
+    for name, value in out.items():
+        if not _json_type_ok(value, hints[name]):
+            raise UserInputError(f"{where}: {name} has the wrong type ({value!r:.40}); {DAMAGED}")
+    no_default = dataclasses.MISSING
+    missing = [n for n, f in fields.items() if n not in out and f.default is f.default_factory is no_default]
+    if missing:
+        raise UserInputError(f"{where} lacks {', '.join(missing)}; {DAMAGED}")
+    return out
+
+
+def _json_type_ok(value: Any, hint: Any) -> bool:
+    """Whether a value parsed from JSON fits a type hint (dict / list / tuple / str / int / float / bool / unions)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_json_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple) or hint in (list, tuple):
+        return isinstance(value, list)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
 
 
 def schedule_dict(schedule: Schedule) -> dict[str, Any]:
@@ -189,22 +244,22 @@ def package_versions() -> dict[str, str]:
 
 
 class RunStore:
-    """A run directory: its config and its records (merged over all rank files, torn lines ignored)."""
+    """A run directory: its config, its locks and its records (merged over all rank files, torn lines ignored)."""
 
     def __init__(self, run_dir: str | Path):
-        self.dir = Path(run_dir)
+        self.dir = Path(run_dir).expanduser()
 
     @property
     def config_path(self) -> Path:
         return self.dir / CONFIG_FILE
 
     def read_config(self) -> RunConfig | None:
-        if not self.config_path.is_file():
+        if not self.config_path.exists():
             return None
-        try:
-            return RunConfig.from_dict(json.loads(self.config_path.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise UserInputError(f"{self.config_path} is not a run configuration ({exc.__class__.__name__})") from None
+        data = read_json_object(self.config_path, DAMAGED)
+        if data.get("kind") == "winoground":
+            raise UserInputError(f"{self.dir} holds a Winoground run (of `winoground --out`); use another --out")
+        return RunConfig.from_dict(data, str(self.config_path))
 
     def require_config(self) -> RunConfig:
         config = self.read_config()
@@ -212,22 +267,57 @@ class RunStore:
             raise UserInputError(f"{self.dir} is not a run directory (no {CONFIG_FILE}); create one with `eval --out`")
         return config
 
+    def check(self) -> None:
+        """Before any work: --out can be written, and a run already there has a readable configuration."""
+        check_out_dir(self.dir)
+        self.read_config()
+
+    def lock(self, shard: Shard | None = None) -> RunLock:
+        """This process's lock on the directory (one per rank): hold it while writing records."""
+        return RunLock(self.dir, shard or Shard())
+
     def claim(self, config: RunConfig) -> None:
-        """Write config.json for a new run, or check that an existing run has the same configuration."""
+        """Write config.json for a new run, or check that an existing run has the same configuration.
+
+        A resumed run may cover another selection of the same dataset, and image files that changed
+        size but hold no finished record (e.g. a broken image the user fixed): config.json is then
+        rewritten to describe the run as it is now.
+        """
         old = self.read_config()
         if old is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.config_path, json.dumps(config.to_dict(), indent=2) + "\n")
             return
         a, b = old.identity(), config.identity()
+        if a.get("dataset_id") != b.get("dataset_id"):
+            raise UserInputError(
+                f"{self.dir} holds a run on another dataset: it recorded {describe_dataset(old.dataset_id)}, this "
+                f"command reads {describe_dataset(config.dataset_id)}; use a new --out, or point at the same data"
+            )
         diff = [k for k in a if a[k] != b.get(k)]
         if diff:
             raise UserInputError(
                 f"{self.dir} holds a run with another configuration ({', '.join(diff)} differ); "
                 "use a new --out directory, or rerun with the same settings to resume"
             )
+        self._check_changed_files(old, config)
         if old.versions != config.versions:
             log.warning("resuming %s with other package versions: %s -> %s", self.dir, old.versions, config.versions)
+        if old.to_dict() != config.to_dict():
+            write_atomic(self.config_path, json.dumps(config.to_dict(), indent=2) + "\n")
+
+    def _check_changed_files(self, old: RunConfig, new: RunConfig) -> None:
+        """Refuse when an image with a finished (ok) record has changed size since the run recorded it."""
+        if old.file_sizes is None or new.file_sizes is None or old.file_sizes == new.file_sizes:
+            return
+        changed = {i for i, (x, y) in enumerate(zip(old.file_sizes, new.file_sizes)) if x != y}
+        finished = sorted(i for i, r in self.records().items() if i in changed and r.get("status") == "ok")
+        if finished:
+            raise UserInputError(
+                f"{len(finished)} image(s) of {self.dir}'s dataset changed since they were classified (dataset "
+                f"index {finished[0]}, ...); use a new --out to classify the changed dataset"
+            )
+        log.info("%d changed image file(s) without a finished record will be classified", len(changed))
 
     def clear(self) -> None:
         """Delete this run's config and records (only the files a run writes)."""
@@ -238,15 +328,182 @@ class RunStore:
         return sorted(self.dir.glob(RECORDS_GLOB))
 
     def records(self) -> dict[int, dict[str, Any]]:
-        """Finished images by dataset index (the first record of an index wins; torn lines are skipped)."""
+        """Each image's current record by dataset index, over every rank file (torn lines skipped).
+
+        The first ok record wins over any other (a failed image is retried on resume, and its new record
+        replaces the failed one); until an ok record is read, the last one read counts.
+        """
         out: dict[int, dict[str, Any]] = {}
         for path in self.record_files():
             for rec in read_records(path):
-                out.setdefault(int(rec["index"]), rec)
+                i = int(rec["index"])
+                if out.get(i, {}).get("status") != "ok":
+                    out[i] = rec
         return dict(sorted(out.items()))
+
+    def finished(self) -> set[int]:
+        """The indices with an ok record: what a resumed run skips."""
+        return {i for i, r in self.records().items() if r.get("status") == "ok"}
+
+    def selected_records(self) -> dict[int, dict[str, Any]]:
+        """The current records of the images the run covers now (its config's selection)."""
+        records, selection = self.records(), self.require_config().selection
+        return records if selection is None else {i: records[i] for i in sorted(selection) if i in records}
 
     def writer(self, rank: int) -> RecordWriter:
         return RecordWriter(self.dir / f"records-rank{rank:05d}.jsonl")
+
+
+def describe_dataset(identity: dict[str, Any]) -> str:
+    """A dataset identity in words, for messages: 'folder /abs/digits (20 images, list 3f2a...)'."""
+    if not identity:
+        return "an unrecorded dataset (a run directory of an older version)"
+    where = identity.get("path") or identity.get("source") or identity.get("name")
+    extra = [f"{identity.get('images')} images"]
+    extra += [f"{k} {identity[k]}" for k in ("split", "names", "fingerprint") if identity.get(k)]
+    return f"{identity.get('kind', '?')} {where} ({', '.join(extra)})"
+
+
+# --- locks -------------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive lock on one rank's share of a run directory: the file lock-rankNNNNN, flock()ed.
+
+    The kernel drops a flock when its process dies, so a lock left by a killed run is free and is
+    taken over (logged). The file holds the holder (pid, host, since, world size) for messages; a
+    run of another world size that is alive in the same directory is refused too (it would redo
+    this shard's images). Without flock (some platforms) the file is created with O_EXCL instead and a
+    holder that is gone from this host is taken over.
+    """
+
+    def __init__(self, run_dir: Path, shard: Shard):
+        self.dir, self.shard = run_dir, shard
+        self.path = run_dir / f"lock-rank{shard.rank:05d}"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._fd = self._acquire()
+        try:
+            self._check_other_ranks()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _acquire(self) -> int:
+        if fcntl is None:
+            return self._acquire_exclusive()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UserInputError(self._busy(read_holder(self.path))) from None
+        previous = read_holder(self.path)
+        if previous:
+            log.warning("taking over the stale lock %s of pid %s on %s: that process is gone", self.path,
+                        previous.get("pid"), previous.get("host"))  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(self.holder()).encode(), 0)
+        os.fsync(fd)
+        return fd
+
+    def _acquire_exclusive(self) -> int:
+        """The fallback: create the file or fail; a holder that is gone from this host is taken over."""
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = read_holder(self.path)
+                if holder_alive(holder):
+                    raise UserInputError(self._busy(holder)) from None
+                log.warning("taking over the stale lock %s of pid %s on %s: that process is gone", self.path,
+                            holder.get("pid"), holder.get("host"))  # fmt: skip
+                self.path.unlink(missing_ok=True)
+                continue
+            os.write(fd, json.dumps(self.holder()).encode())
+            os.fsync(fd)
+            return fd
+        raise UserInputError(f"cannot lock {self.path}: another process keeps taking it; retry")
+
+    def _check_other_ranks(self) -> None:
+        """Refuse while a live process of another world size holds a lock here (its shards overlap ours)."""
+        for path in sorted(self.dir.glob("lock-rank*")):
+            holder = read_holder(path)
+            if path == self.path or not holder or holder.get("world_size") == self.shard.world_size:
+                continue
+            if lock_held(path):
+                raise UserInputError(self._busy(holder))
+
+    def _busy(self, holder: dict[str, Any]) -> str:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+        return (f"{self.dir} is in use by another run ({who}); wait for it to finish or stop it, "
+                "or use another --out")  # fmt: skip
+
+    def holder(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "rank": self.shard.rank,
+            "world_size": self.shard.world_size,
+        }
+
+    def release(self) -> None:
+        """Clear the holder (a clean exit leaves no stale-lock message) and unlock."""
+        if self._fd is None:
+            return
+        if fcntl is None:
+            os.close(self._fd)
+            self.path.unlink(missing_ok=True)
+        else:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the last descriptor drops the flock
+        self._fd = None
+
+
+def read_holder(path: Path) -> dict[str, Any]:
+    """The holder a lock file names ({} for an empty, missing or unreadable file)."""
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def holder_alive(holder: dict[str, Any]) -> bool:
+    """Whether a lock's holder may still run: True unless it is a pid of this host that no longer exists."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return bool(holder)
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def lock_held(path: Path) -> bool:
+    """Whether another process holds the lock file now (a brief non-blocking try)."""
+    if fcntl is None:
+        return holder_alive(read_holder(path))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -396,6 +653,7 @@ def _model_accepts(clf: DiffusionClassifier, names: list[str]) -> list[str] | No
 
 def make_config(model: str, job: EvalJob, **extra: Any) -> RunConfig:
     """The RunConfig of a job (extra: limit, subset, image_size, dtype, model_info)."""
+    everything = job.indices == tuple(range(len(job.dataset)))
     return RunConfig(
         model=model,
         dataset=job.dataset.name,
@@ -409,6 +667,9 @@ def make_config(model: str, job: EvalJob, **extra: Any) -> RunConfig:
         options=dict(job.options),
         versions=package_versions(),
         save_errors=job.save_errors,
+        dataset_id=job.dataset.identity,
+        selection=None if everything else job.indices,
+        file_sizes=job.dataset.file_sizes,
         **extra,
     )
 
@@ -469,10 +730,11 @@ def run_eval(
 ) -> int:
     """Classify this process's unfinished images of the job, appending one record each; returns how many.
 
-    The store's config must already be claimed. A bad image becomes a "failed" record and the run goes on.
+    The store's config must already be claimed and this process must hold its lock. A bad image becomes
+    a "failed" record and the run goes on; a resumed run tries its failed images again.
     """
     shard = shard or Shard()
-    done = store.records()
+    done = store.finished()  # failed images are tried again
     mine = shard.take(job.indices)
     todo = [i for i in mine if i not in done]
     desc = "images" if shard.world_size == 1 else f"images (rank {shard.rank})"
@@ -509,3 +771,10 @@ def classify_one(clf: DiffusionClassifier, job: EvalJob, i: int, rank: int) -> d
         log.warning("image %d failed: %s", i, exc)
         return failed_record(i, label, label_index, exc, rank)
     return make_record(i, label, label_index, result, rank, job.save_errors)
+
+
+def exit_code(done: int, failed: int) -> int:
+    """The command's exit status for a run: 0 all done, 1 some inputs failed (the rest done), 2 nothing done."""
+    if failed and not done:
+        return 2
+    return 1 if failed else 0

@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 
 from .data.datasets import decode_image
 from .errors import UserInputError
+from .files import check_out_dir, read_json_object
 from .matching import PairScorer
 from .metrics import wilson_interval
-from .runs import RunStore, Shard, package_versions, write_atomic
+from .runs import DAMAGED, RunStore, Shard, checked_fields, package_versions, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -311,13 +312,19 @@ class WinogroundConfig:
 
 
 def read_config(store: RunStore) -> dict[str, Any] | None:
-    """The saved configuration of a run directory as a dict (None when there is none)."""
-    if not store.config_path.is_file():
+    """The saved configuration of a run directory as a dict (None when there is none; a damaged one is refused)."""
+    if not store.config_path.exists():
         return None
-    try:
-        return json.loads(store.config_path.read_text())
-    except json.JSONDecodeError:
-        raise UserInputError(f"{store.config_path} is not a run configuration") from None
+    config = read_json_object(store.config_path, DAMAGED)
+    if config.get("kind") == "winoground":
+        checked_fields(WinogroundConfig, config, str(store.config_path))
+    return config
+
+
+def check_run_dir(store: RunStore) -> None:
+    """Before any work: --out can be written, and a run already there has a readable configuration."""
+    check_out_dir(store.dir)
+    read_config(store)
 
 
 def is_winoground_run(run_dir: str | Path) -> bool:
@@ -372,7 +379,7 @@ def run_winoground(
     shard = shard or Shard()
     indices = shard.take(tuple(range(len(data) if limit is None else min(limit, len(data)))))
     records = store.records() if store is not None else {}
-    todo = [i for i in indices if i not in records]
+    todo = [i for i in indices if records.get(i, {}).get("status") != "ok"]  # failed examples are tried again
     writer = store.writer(shard.rank) if store is not None and todo else None
     try:
         for i in tqdm(todo, desc="Winoground", unit="example", disable=not progress, file=sys.stderr):

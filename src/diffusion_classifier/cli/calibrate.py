@@ -6,6 +6,7 @@ import argparse
 
 from ..data.datasets import open_dataset
 from ..errors import UserInputError
+from ..files import check_out_file
 from ..fitting import calibrate
 from .options import add_model_options, check_batch_size, load_classifier
 
@@ -28,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     check_batch_size(args.batch_size)
     if not 2 <= args.trials <= 500:
         raise UserInputError(f"--trials must lie in 2..500, got {args.trials}")
+    out = check_out_file(args.out)  # before the fit: a fit that cannot be saved is lost
     data = open_dataset(args.data, args.split)
     rows = [i for c in data.class_names for i in [j for j, y in enumerate(data.labels) if y == c][: args.per_class]]
     clf = load_classifier(args)
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         **kw,
     )
-    cal.save(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cal.save(out)
     print(f"wrote {args.out} ({len(rows)} images, {args.trials} trials per label)")
     print(f"  weights per bin: {', '.join(f'{v:.3g}' for v in cal.weights.values)}")
     print(f"  temperature: {cal.temperature:.4g} with these weights (--weights {args.out} --temperature ...)")

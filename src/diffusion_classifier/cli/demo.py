@@ -1,8 +1,8 @@
 """`diffusion-classifier demo`: classify the 1,000 held-out MNIST digits with the bundled model, offline, on CPU.
 
 The demo is an ordinary run (the same runner as `eval --dataset builtin:mnist --model builtin:mnist`)
-whose run directory is the report folder. Rerunning it into the same folder resumes; with other
-settings (say another --limit) it refuses unless --fresh, which deletes the previous demo's records.
+whose run directory is the report folder. Rerunning it into the same folder resumes, with another
+--limit too (the records it has are reused); --fresh deletes the previous demo's records first.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..errors import UserInputError
 from ..estimator import Loss
 from ..pipeline import DiffusionClassifier
 from ..report import run_json, summarize_run, write_figures
-from ..runs import EvalJob, RunStore, eval_candidates, make_config, run_eval, write_atomic
+from ..runs import EvalJob, RunStore, eval_candidates, exit_code, make_config, run_eval, write_atomic
 from ..schedules import Full, Schedule
 from .options import check_batch_size
 
@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"model calls per image: {result['calls_per_image']:.0f}, seconds per image: "
               f"{result['seconds_per_image']:.3f}")  # fmt: skip
         if base is not None:
-            print(f"discriminative baseline on the same split: {_pct(base)}")
+            print(f"discriminative baseline on the same digits: {_pct(base)}")
         print(f"report: {result['out']}")
-    return 0
+    return exit_code(result["n"], result["failed"])
 
 
 def _pct(x: float | None) -> str:
@@ -79,38 +79,40 @@ def run_demo(
     out: Path, limit: int | None, seed: int = 0, device: str = "cpu", batch_size: int = 100, fresh: bool = False
 ) -> dict[str, Any]:
     """Evaluate (or resume), then write results.json and the figures into out; the numbers."""
-    clf = DiffusionClassifier.from_pretrained(MODEL, device=device)
+    store = RunStore(out)
+    store.check()  # before the model loads: --out writable, an earlier demo readable
     dataset = open_dataset(DATASET)
     indices = select_indices(dataset, limit, seed=seed)
-    schedule, loss = demo_schedule(clf)
-    job = EvalJob(
-        dataset=dataset,
-        indices=indices,
-        candidates=eval_candidates(clf, dataset, indices),
-        schedule=schedule,
-        loss=loss,
-        seed=seed,
-        batch_size=batch_size,
-        save_errors=True,  # the error-vs-timestep figure needs them; 1,000 digits x 100 trials is small
-    )
-    store = RunStore(out)
-    if fresh:
-        store.clear()
-    try:
-        subset_seed = seed if limit is not None else None
-        store.claim(make_config(MODEL, job, limit=limit, subset_seed=subset_seed, model_info=clf.model.describe()))
-    except UserInputError:
-        raise UserInputError(
-            f"{out} holds a demo run with other settings; pass --fresh to replace it, or choose another --out"
-        ) from None
-    run_eval(clf, job, store, progress=True)
+    with store.lock():
+        if fresh:
+            store.clear()
+        clf = DiffusionClassifier.from_pretrained(MODEL, device=device)
+        schedule, loss = demo_schedule(clf)
+        job = EvalJob(
+            dataset=dataset,
+            indices=indices,
+            candidates=eval_candidates(clf, dataset, indices),
+            schedule=schedule,
+            loss=loss,
+            seed=seed,
+            batch_size=batch_size,
+            save_errors=True,  # the error-vs-timestep figure needs them; 1,000 digits x 100 trials is small
+        )
+        try:
+            subset_seed = seed if limit is not None else None
+            store.claim(make_config(MODEL, job, limit=limit, subset_seed=subset_seed, model_info=clf.model.describe()))
+        except UserInputError as exc:
+            raise UserInputError(f"{exc}; or pass --fresh to replace the earlier demo") from None
+        run_eval(clf, job, store, progress=True)
     summary = summarize_run(store)
+    classified = [r["index"] for r in store.selected_records().values() if r["status"] == "ok"]
     result = {
         "n": summary.n,
+        "failed": summary.failed,
         "accuracy": None if math.isnan(summary.top1) else summary.top1,
         "calls_per_image": summary.calls_per_image,
         "seconds_per_image": summary.seconds_per_image,
-        "baseline_accuracy": baseline(out),
+        "baseline_accuracy": baseline(out, classified),
         "out": str(out),
     }
     write_atomic(out / "results.json", json.dumps({**result, **run_json(store)}, indent=1) + "\n")
@@ -118,22 +120,25 @@ def run_demo(
     return result
 
 
-def baseline(out: Path) -> float | None:
-    """The discriminative baseline's accuracy on the same 1,000 digits (None if it is not available).
+def baseline(out: Path, indices: list[int]) -> float | None:
+    """The discriminative baseline's accuracy on the same digits (test-split indices) as the diffusion
+    classifier's (None if it is not available, or there are no digits).
 
-    Training it takes a while on a CPU and its result depends only on its config, so the value is
-    cached in out/baseline.json beside that config.
+    Training it takes a while on a CPU and its predictions depend only on its config, so the predictions
+    on all 1,000 digits are cached in out/baseline.json beside that config.
     """
     try:
-        from ..baseline import BaselineConfig, baseline_accuracy
+        from ..baseline import BaselineConfig, baseline_predictions
+        from ..data.mnist import test_split
     except ImportError:
+        return None
+    if not indices:
         return None
     config = asdict(BaselineConfig(seed=0))
     cache = out / "baseline.json"
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved.get("config") == config:
-            return float(saved["accuracy"])
-    accuracy = float(baseline_accuracy(seed=0))
-    write_atomic(cache, json.dumps({"config": config, "accuracy": accuracy}) + "\n")
-    return accuracy
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    if not isinstance(saved, dict) or saved.get("config") != config or "predictions" not in saved:
+        saved = {"config": config, "predictions": baseline_predictions(seed=0)}
+        write_atomic(cache, json.dumps(saved) + "\n")
+    truth = test_split().labels
+    return sum(saved["predictions"][i] == truth[i] for i in indices) / len(indices)

@@ -19,6 +19,7 @@ from ..runs import (
     claim_in_turn,
     end_group,
     eval_candidates,
+    exit_code,
     make_config,
     run_eval,
     start_group,
@@ -94,14 +95,23 @@ def run(args: argparse.Namespace) -> int:
         summary = evaluate_from_args(args, shard, grouped)
     finally:
         end_group(grouped)
-    if shard.rank == 0:
-        print(markdown_table([summary]))
-    return 0
+    if shard.rank != 0:
+        return 0  # rank 0 speaks for the run
+    print(markdown_table([summary]))
+    if summary.failed:
+        print(f"diffusion-classifier: {summary.failed} image(s) failed (see the records in {args.out}); "
+              "fix them and rerun to classify them", file=sys.stderr)  # fmt: skip
+    return exit_code(summary.n, summary.failed)
 
 
 def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, progress: bool | None = None):
-    """Build the job from the arguments, claim the run directory, classify this shard; the run's summary."""
+    """Build the job from the arguments, lock and claim the run directory, classify this shard; the run's summary.
+
+    Everything the user can get wrong (--out, the run directory, the dataset) is checked before the model loads.
+    """
     check_batch_size(args.batch_size)
+    store = RunStore(args.out)
+    store.check()
     labels, prompts = labels_from_args(args)
     options = efficiency_kwargs(args)
     dataset = open_dataset(args.dataset, args.split, args.data_dir, args.image_column, args.label_column)
@@ -109,39 +119,39 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
     seeded = args.limit is not None or args.per_class is not None
     subset_seed = (args.seed if args.subset_seed is None else args.subset_seed) if seeded else None
     indices = select_indices(dataset, args.limit, subset, args.per_class, subset_seed or 0)
-    clf = classifier_from_args(args, shard.device(args.device))
-    # a model's own protocol (DiT's) before the dataset's published one (Stable Diffusion's), then the default
-    default = getattr(clf.model, "default_schedule", None) or PUBLISHED.get(dataset.name) or DEFAULT_SCHEDULE
-    schedule, loss = resolve_schedule(schedule_from_args(args, clf.model.num_train_timesteps), args.loss, default)
-    job = EvalJob(
-        dataset=dataset,
-        indices=indices,
-        candidates=eval_candidates(clf, dataset, indices, labels, template_from_args(args, prompts), prompts),
-        schedule=schedule,
-        loss=loss,
-        seed=args.seed,
-        noise_file=args.noise_file,
-        batch_size=args.batch_size,
-        save_errors=args.save_errors,
-        options=options,
-    )
-    config = make_config(
-        args.model or args.baseline,
-        job,
-        limit=args.limit,
-        subset=subset,
-        per_class=args.per_class,
-        subset_seed=subset_seed,
-        image_size=args.image_size,
-        dtype=args.dtype,
-        model_info=clf.model.describe(),
-    )
-    store = RunStore(args.out)
-    claim_in_turn(shard, grouped, lambda: store.claim(config))
-    if shard.rank == 0 and len(indices) < len(dataset):
-        save_subset(store.dir / SUBSET_FILE, indices)  # the official --subset_path reads it too
-    run_eval(clf, job, store, shard, progress=sys.stderr.isatty() if progress is None else progress)
-    barrier(grouped)  # every shard's records are on disk before rank 0 summarises
+    with store.lock(shard):
+        clf = classifier_from_args(args, shard.device(args.device))
+        # a model's own protocol (DiT's) before the dataset's published one (Stable Diffusion's), then the default
+        default = getattr(clf.model, "default_schedule", None) or PUBLISHED.get(dataset.name) or DEFAULT_SCHEDULE
+        schedule, loss = resolve_schedule(schedule_from_args(args, clf.model.num_train_timesteps), args.loss, default)
+        job = EvalJob(
+            dataset=dataset,
+            indices=indices,
+            candidates=eval_candidates(clf, dataset, indices, labels, template_from_args(args, prompts), prompts),
+            schedule=schedule,
+            loss=loss,
+            seed=args.seed,
+            noise_file=args.noise_file,
+            batch_size=args.batch_size,
+            save_errors=args.save_errors,
+            options=options,
+        )
+        config = make_config(
+            args.model or args.baseline,
+            job,
+            limit=args.limit,
+            subset=subset,
+            per_class=args.per_class,
+            subset_seed=subset_seed,
+            image_size=args.image_size,
+            dtype=args.dtype,
+            model_info=clf.model.describe(),
+        )
+        claim_in_turn(shard, grouped, lambda: store.claim(config))
+        if shard.rank == 0 and len(indices) < len(dataset):
+            save_subset(store.dir / SUBSET_FILE, indices)  # the official --subset_path reads it too
+        run_eval(clf, job, store, shard, progress=sys.stderr.isatty() if progress is None else progress)
+        barrier(grouped)  # every shard's records are on disk before rank 0 summarises
     return summarize_run(store)
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .. import figures, winoground
+from ..files import check_out_dir
 from ..report import accuracy_point, markdown_table, run_json, summarize_run, write_figures
 from ..runs import RunStore
 
@@ -19,7 +20,9 @@ def add_parser(sub) -> None:
         "calls and seconds per image, as a markdown table; figures go into each RUN_DIR or --out.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `eval`")
-    p.add_argument("--out", default=None, help="write all figures here instead of into each RUN_DIR")
+    p.add_argument(
+        "--out", default=None, help="write the figures here (one subfolder per run) instead of into each RUN_DIR"
+    )
     p.add_argument("--no-figures", action="store_true", help="print the table only")
     p.add_argument(
         "--json",
@@ -35,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     stores = [RunStore(d) for d in args.runs]
     for store in stores:
         store.require_config()  # a wrong path fails before any output
+    if args.out is not None and not args.json and not args.no_figures:
+        check_out_dir(args.out)
     if args.json:
         for store in stores:
             print(json.dumps(run_json(store)))
@@ -47,17 +52,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_all_figures(stores: list[RunStore], out: Path | None) -> list[Path]:
-    """Each run's figures (into its directory, or --out with the run's name as prefix); with --out and
-    several runs, also one accuracy-vs-calls figure comparing them."""
-    paths: list[Path] = []
-    for store in stores:
-        prefix = f"{store.dir.name}-" if out is not None and len(stores) > 1 else ""
-        paths += write_figures(store, out, prefix)
-    if out is not None and len(stores) > 1:
-        points = {s.dir.name: accuracy_point(s) for s in stores if summarize_run(s).n}
+    """Each run's figures: into its directory, or into --out/NAME (NAME: the run directory's name, made
+    unique when two runs share one); with --out and several runs, also one accuracy-vs-calls figure
+    comparing them."""
+    if out is None:
+        return [path for store in stores for path in write_figures(store)]
+    names = unique_names([store.dir for store in stores])
+    paths = [path for name, store in zip(names, stores) for path in write_figures(store, out / name)]
+    if len(stores) > 1:
+        points = {name: accuracy_point(s) for name, s in zip(names, stores) if summarize_run(s).n}
         if points:
             paths.append(figures.accuracy_calls_figure(points, out / "accuracy_vs_calls.png"))
     return paths
+
+
+def unique_names(dirs: list[Path]) -> list[str]:
+    """Short distinct names for run directories: the folder's name, with as many parent folders as it takes
+    to tell two apart ("a-run", "b-run"); a directory given twice is numbered ("run", "run-2")."""
+    parts = [d.resolve().parts for d in dirs]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["-".join(p[-k:]).lstrip("/") or "root" for p in parts]
+        if len(set(names)) == len(names) or len(set(parts)) < len(parts):
+            break
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
 
 
 def run_winoground_reports(args: argparse.Namespace) -> int:

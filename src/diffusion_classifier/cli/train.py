@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..files import check_out_dir
 from ..training import TrainConfig, train
 
 DEFAULTS = TrainConfig()
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)  # before training: weights that cannot be saved are lost
     cfg = TrainConfig(
         steps=args.steps,
         seed=args.seed,

@@ -8,9 +8,10 @@ import sys
 
 from ..errors import UserInputError
 from ..matching import DiffusionMatcher
-from ..runs import RunStore, Shard, barrier, claim_in_turn, end_group, start_group
+from ..runs import RunStore, Shard, barrier, claim_in_turn, end_group, exit_code, start_group
 from ..winoground import (
     WinogroundConfig,
+    check_run_dir,
     claim,
     markdown_table,
     open_winoground,
@@ -60,22 +61,25 @@ def run(args: argparse.Namespace) -> int:
     else:
         for s in summaries:
             print(markdown_table(s))
-    return 0
+    return exit_code(summaries[0].overall.n, summaries[0].failed)
 
 
 def score(args: argparse.Namespace, data, shard: Shard, grouped: bool) -> list:
-    """Claim the run directory, score this shard's examples; every scorer's summary of the whole run."""
-    scorers = scorers_from_args(args)
+    """Lock and claim the run directory, score this shard's examples; every scorer's summary of the whole run."""
     n = len(data) if args.limit is None else min(args.limit, len(data))
-    store = None
-    if args.out is not None:
-        store = RunStore(args.out)
+    if args.out is None:
+        scorers = scorers_from_args(args)
+        records = run_winoground(data, scorers, None, args.limit, progress=sys.stderr.isatty(), shard=shard)
+        return [summarize(records, s.name, n) for s in scorers]
+    store = RunStore(args.out)
+    check_run_dir(store)  # --out writable, an earlier run readable: before any model loads
+    with store.lock(shard):
+        scorers = scorers_from_args(args)
         config = make_config(args, data.source, n, scorers)
         claim_in_turn(shard, grouped, lambda: claim(store, config))
-    records = run_winoground(data, scorers, store, args.limit, progress=sys.stderr.isatty(), shard=shard)
-    barrier(grouped)  # every shard's records are on disk before rank 0 summarises
-    if store is not None:
-        records = {i: r for i, r in store.records().items() if i < n}
+        run_winoground(data, scorers, store, args.limit, progress=sys.stderr.isatty(), shard=shard)
+        barrier(grouped)  # every shard's records are on disk before rank 0 summarises
+    records = {i: r for i, r in store.records().items() if i < n}
     return [summarize(records, s.name, n) for s in scorers]
 
 

@@ -97,6 +97,8 @@ class EvalDataset:
         class_names: Sequence[str],
         load: Callable[[int], Any],
         prompts: Path | None = None,
+        identity: dict[str, Any] | None = None,
+        file_sizes: Sequence[int] | None = None,
     ):
         self.name = name
         self.split = split
@@ -107,6 +109,9 @@ class EvalDataset:
             raise UserInputError(f"{name}: label {bad} is not a class index (0..{len(self.class_names) - 1})")
         self._load = load
         self.prompts = prompts  # the published prompts CSV, for text models
+        # what a run directory records to refuse another dataset on resume (absolute, never the spelled name)
+        self.identity = identity or {"kind": "custom", "name": name, "split": split, "images": len(self.label_ids)}
+        self.file_sizes = tuple(file_sizes) if file_sizes is not None else None  # bytes of each image file
 
     @classmethod
     def from_names(
@@ -177,13 +182,15 @@ def _builtin_mnist(split: str) -> EvalDataset:
         mnist.CLASS_NAMES,
         lambda i: Image.fromarray(data.images[i]),
         published_prompts("mnist"),
+        identity={"kind": "builtin", "name": "builtin:mnist", "split": "test", "images": len(data.labels)},
     )
 
 
 def _folder(name: str, root: Path) -> EvalDataset:
     """One subfolder of images per class; the label is the subfolder's name."""
     files, classes, ids = _class_folders(root)
-    return EvalDataset(name, "all", ids, classes, lambda i: decode_image(files[i]))
+    identity, sizes = folder_identity(root, files)
+    return EvalDataset(name, "all", ids, classes, lambda i: decode_image(files[i]), None, identity, sizes)
 
 
 def _class_folders(root: Path) -> tuple[list[Path], list[str], list[int]]:
@@ -215,7 +222,35 @@ def _local_class_folders(name: str, spec: HubSpec, split: str, root: Path) -> Ev
     prompts = published_prompts(name)
     rows = _rows_in_table(raw, names, prompts, spec)
     ids, classes = _label_names([raw[i] for i in rows], names, prompts, spec)
-    return _eval_dataset(name, split, ids, classes, lambda i: decode_image(files[rows[i]]), spec, prompts)
+    identity, sizes = folder_identity(root, [files[i] for i in rows])
+    load = lambda i: decode_image(files[rows[i]])  # noqa: E731
+    return _eval_dataset(name, split, ids, classes, load, spec, prompts, identity, sizes)
+
+
+def folder_identity(root: Path, files: Sequence[Path]) -> tuple[dict[str, Any], list[int]]:
+    """A folder dataset's identity (resolved path, image count, fingerprint of the relative paths) and the
+    size of each file: cheap (no reads), and a fixed or replaced image changes its size."""
+    names = "\n".join(f.relative_to(root).as_posix() for f in files)
+    identity = {
+        "kind": "folder",
+        "path": str(root.resolve()),
+        "images": len(files),
+        "names": hashlib.sha256(names.encode()).hexdigest()[:16],
+    }
+    return identity, [f.stat().st_size for f in files]
+
+
+def table_identity(name: str, source: str, split: str, ds: Any, rows: int) -> dict[str, Any]:
+    """A datasets table's identity: the hub id or the resolved save_to_disk path, and datasets' fingerprint."""
+    local = Path(source).expanduser()
+    return {
+        "kind": "disk" if local.exists() else "hub",
+        "name": name,
+        "source": str(local.resolve()) if local.exists() else source,
+        "split": split,
+        "images": rows,
+        "fingerprint": getattr(ds, "_fingerprint", None),  # a hash of the table's content and history
+    }
 
 
 def decode_image(source: Any) -> Image.Image:
@@ -240,10 +275,12 @@ def _eval_dataset(
     load: Callable[[int], Image.Image],
     spec: HubSpec | None,
     prompts: Path | None,
+    identity: dict[str, Any] | None = None,
+    file_sizes: Sequence[int] | None = None,
 ) -> EvalDataset:
     border = spec.crop_border if spec else 0
     image = (lambda i: crop_border(load(i), border)) if border else load
-    return EvalDataset(name, split, ids, classes, image, prompts)
+    return EvalDataset(name, split, ids, classes, image, prompts, identity, file_sizes)
 
 
 # --- Hugging Face datasets -------------------------------------------------------------------------
@@ -287,7 +324,9 @@ def _hf(
     rows = _rows_in_table(raw, names, prompts, spec)
     ids, classes = _label_names([raw[i] for i in rows], names, prompts, spec)
     images = ds.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
-    return _eval_dataset(name, split, ids, classes, lambda i: decode_image(images[rows[i]][image_col]), spec, prompts)
+    identity = table_identity(name, source, split, ds, len(rows))
+    load = lambda i: decode_image(images[rows[i]][image_col])  # noqa: E731
+    return _eval_dataset(name, split, ids, classes, load, spec, prompts, identity)
 
 
 def _load_split(datasets, source: str, split: str):

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserInputError
+from ..files import read_json_object
 from .base import DiffusionAdapter
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def load_adapter(
     """The adapter for a model name or path: the first registered family that recognises the folder."""
     _import_families()
     path = resolve_model_path(model)
+    check_config_files(path)
     dev = resolve_device(device)
     for family in FAMILIES.values():
         if family.detect(path):
@@ -117,6 +119,13 @@ def load_adapter(
         f"{model}: no supported model found there (expected a diffusers pipeline folder with model_index.json, "
         f"or a class-conditional model folder); families: {', '.join(FAMILIES)}"
     )
+
+
+def check_config_files(path: Path) -> None:
+    """Every config JSON the families read must hold an object: one clear line, not a traceback in a loader."""
+    names = ("model_index.json", "classifier_config.json", "*/config.json", "*/scheduler_config.json")
+    for found in sorted({f for pattern in names for f in path.glob(pattern) if f.is_file()}):
+        read_json_object(found, fix="the model folder is damaged: download or save it again")
 
 
 def _import_families() -> None:

@@ -27,6 +27,7 @@ from PIL import Image
 from ..data.images import center_crop, resize_short_side, to_tensor
 from ..data.prompts import shown
 from ..errors import UserInputError
+from ..files import read_json_object
 from ..schedules import Full, get_schedule
 from . import Family, register_family
 from .base import DiffusionAdapter
@@ -149,7 +150,7 @@ class ClassUNetModel(DiffusionAdapter):
         from diffusers import UNet2DModel
 
         try:
-            config = json.loads((path / UNET_CONFIG).read_text())
+            config = read_json_object(path / UNET_CONFIG)
             unet = UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, use_safetensors=True)
             alphas_cumprod = load_alphas_cumprod(path)
         except (OSError, ValueError) as exc:
@@ -283,7 +284,7 @@ class DiTModel(DiffusionAdapter):
 
         check_dit_network(dit_network)  # before the slow load
         try:
-            index = json.loads((path / "model_index.json").read_text())
+            index = read_json_object(path / "model_index.json")
             kw = {"torch_dtype": dtype, "use_safetensors": True}
             transformer = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer", **kw)
             vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
