@@ -7,7 +7,7 @@ import argparse
 from ..data.datasets import open_dataset
 from ..errors import UserInputError
 from ..fitting import calibrate
-from .options import add_model_options, check_batch_size, load_classifier
+from .options import add_image_options, add_model_options, check_batch_size, image_options_from_args, load_classifier
 
 
 def add_parser(sub) -> None:
@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     add_model_options(p)
     p.add_argument("--data", required=True, help="labelled images: folder:PATH (one subfolder per label), ...")
     p.add_argument("--split", default=None, help="dataset split")
+    add_image_options(p)
     p.add_argument("--per-class", type=int, default=5, help="images per label used for fitting (default 5)")
     p.add_argument("--trials", type=int, default=100, help="stratified trials per label and image (default 100)")
     p.add_argument("--template", default=None, help="prompt template for text models")
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     check_batch_size(args.batch_size)
     if not 2 <= args.trials <= 500:
         raise UserInputError(f"--trials must lie in 2..500, got {args.trials}")
-    data = open_dataset(args.data, args.split)
+    data = open_dataset(args.data, args.split, image_options=image_options_from_args(args))
     rows = [i for c in data.class_names for i in [j for j, y in enumerate(data.labels) if y == c][: args.per_class]]
     clf = load_classifier(args)
     kw = {"template": args.template} if args.template else {}

@@ -24,11 +24,13 @@ from ..runs import (
 )
 from ..schedules import DEFAULT_SCHEDULE, PUBLISHED
 from .options import (
+    add_image_options,
     add_label_options,
     add_model_options,
     add_schedule_options,
     check_batch_size,
     efficiency_kwargs,
+    image_options_from_args,
     labels_from_args,
     load_classifier,
     schedule_from_args,
@@ -43,6 +45,7 @@ def add_parser(sub) -> None:
         "Run it under `torchrun --nproc-per-node=N -m diffusion_classifier eval ...` to shard images over processes.",
     )
     add_dataset_options(p)
+    add_image_options(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (created, or resumed)")
     p.add_argument("--save-errors", action="store_true", help="store every per-trial error in the records")
     add_model_options(p, required=False)  # --model, or --baseline alone
@@ -90,7 +93,8 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
     check_batch_size(args.batch_size)
     labels, prompts = labels_from_args(args)
     options = efficiency_kwargs(args)
-    dataset = open_dataset(args.dataset, args.split, args.data_dir, args.image_column, args.label_column)
+    image_options = image_options_from_args(args)
+    dataset = open_dataset(args.dataset, args.split, args.data_dir, args.image_column, args.label_column, image_options)
     subset = read_subset_file(args.subset) if args.subset else None
     indices = select_indices(len(dataset), args.limit, subset)
     clf = classifier_from_args(args, shard.device(args.device))
@@ -115,6 +119,7 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
         subset=subset,
         image_size=args.image_size,
         dtype=args.dtype,
+        exif_orientation=image_options.exif_orientation,
         model_info=clf.model.describe(),
     )
     store = RunStore(args.out)

@@ -10,7 +10,7 @@ import sys
 from ..errors import UserInputError
 from ..matching import DiffusionMatcher, MatchResult, PairScorer, match
 from ..schedules import interval_grid
-from .options import add_model_options, check_batch_size, load_classifier
+from .options import add_image_options, add_model_options, check_batch_size, image_options_from_args, load_classifier
 
 
 def add_parser(sub) -> None:
@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="image files")
     p.add_argument("--captions", nargs="+", required=True, metavar="TEXT", help="captions (used as the prompts)")
+    add_image_options(p)
     add_scorer_options(p, t_interval=10)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per scorer on stdout")
@@ -81,7 +82,9 @@ def scorers_from_args(args: argparse.Namespace) -> list[PairScorer]:
 
 def run(args: argparse.Namespace) -> int:
     scorers = scorers_from_args(args)
-    results = [match(s, args.images, args.captions, progress=sys.stderr.isatty()) for s in scorers]
+    image_options = image_options_from_args(args)
+    progress = sys.stderr.isatty()
+    results = [match(s, args.images, args.captions, progress, image_options) for s in scorers]
     if args.json:
         for r in results:
             print(json.dumps(r.to_dict()))

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..calibration import check_temperature
+from ..data.images import DEFAULT_MAX_PIXELS, ImageOptions
 from ..data.prompts import Candidates, read_labels_file, read_prompts_csv
 from ..errors import UserInputError
 from ..schedules import Full, Racing, Schedule, Staged, parse_timesteps, schedule_names
@@ -25,6 +26,27 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
         default=None,
         help="the fast path: fp16, torch.compile, static shapes (default: on with CUDA, off on the CPU)",
     )
+
+
+def add_image_options(p: argparse.ArgumentParser) -> None:
+    """How image files are opened (data/images.py): every command that reads images takes these."""
+    g = p.add_argument_group("images")
+    g.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse images with more pixels, a decompression-bomb guard (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    g.add_argument(
+        "--exif-orientation",
+        action="store_true",
+        help="turn images by their EXIF Orientation tag (default: ignored, as the published code does)",
+    )
+
+
+def image_options_from_args(args: argparse.Namespace) -> ImageOptions:
+    return ImageOptions(max_pixels=args.max_image_pixels, exif_orientation=args.exif_orientation)
 
 
 def load_classifier(args: argparse.Namespace, device: str | None = None):

@@ -9,7 +9,6 @@ prompts CSV, so they match the candidates built from it.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from ..errors import UserInputError
+from .images import DEFAULT_OPTIONS, ImageOptions, load_image
 from .prompts import published_prompts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -90,13 +90,17 @@ def open_dataset(
     data_dir: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
+    image_options: ImageOptions = DEFAULT_OPTIONS,
 ) -> EvalDataset:
-    """A dataset by name: builtin:mnist, folder:PATH, one of HUB_DATASETS, a save_to_disk folder or a hub id."""
+    """A dataset by name: builtin:mnist, folder:PATH, one of HUB_DATASETS, a save_to_disk folder or a hub id.
+
+    Images are decoded by data.images.load_image with image_options (pixel cap, EXIF orientation).
+    """
     if name == "builtin:mnist":
         return _builtin_mnist(split or "test")
     if name.startswith("folder:"):
-        return _folder(name, Path(name.split(":", 1)[1]).expanduser())
-    return _hf(name, split, data_dir, image_column, label_column)
+        return _folder(name, Path(name.split(":", 1)[1]).expanduser(), image_options)
+    return _hf(name, split, data_dir, image_column, label_column, image_options)
 
 
 def dataset_names() -> list[str]:
@@ -120,7 +124,7 @@ def _builtin_mnist(split: str) -> EvalDataset:
     )
 
 
-def _folder(name: str, root: Path) -> EvalDataset:
+def _folder(name: str, root: Path, image_options: ImageOptions) -> EvalDataset:
     """One subfolder of images per class; the label is the subfolder's name; sorted, so indices are stable."""
     if not root.is_dir():
         raise UserInputError(f"dataset folder not found: {root} (folder:PATH needs one subfolder per class)")
@@ -133,16 +137,7 @@ def _folder(name: str, root: Path) -> EvalDataset:
     ]
     if not files:
         raise UserInputError(f"no images in {root}: expected {root}/CLASS_NAME/IMAGE.png")
-    return EvalDataset(name, "all", [c for c, _ in files], lambda i: decode_image(files[i][1]), classes)
-
-
-def decode_image(source: Any) -> Image.Image:
-    """An RGB PIL image from a path, raw bytes or an HF image cell; any failure raises (the runner records it)."""
-    if isinstance(source, dict):  # an undecoded datasets.Image cell: {"bytes": ..., "path": ...}
-        source = io.BytesIO(source["bytes"]) if source.get("bytes") else source["path"]
-    with Image.open(source) as img:
-        img.load()  # force the decode now, inside the caller's try
-        return img.convert("RGB")
+    return EvalDataset(name, "all", [c for c, _ in files], lambda i: load_image(files[i][1], image_options), classes)
 
 
 # --- Hugging Face datasets -------------------------------------------------------------------------
@@ -159,7 +154,12 @@ def _import_datasets():
 
 
 def _hf(
-    name: str, split: str | None, data_dir: str | None, image_column: str | None, label_column: str | None
+    name: str,
+    split: str | None,
+    data_dir: str | None,
+    image_column: str | None,
+    label_column: str | None,
+    image_options: ImageOptions,
 ) -> EvalDataset:
     datasets = _import_datasets()
     spec = HUB_DATASETS.get(name)
@@ -184,7 +184,11 @@ def _hf(
     prompts = published_prompts(name) if spec else None
     labels, classes = _label_names(raw, names, prompts, spec.label_ids if spec else "auto")
     images = ds.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
-    return EvalDataset(name, split, labels, lambda i: decode_image(images[i][image_col]), classes, prompts)
+
+    def load(i: int) -> Image.Image:
+        return load_image(images[i][image_col], image_options, name=f"{name} image {i}")
+
+    return EvalDataset(name, split, labels, load, classes, prompts)
 
 
 def _load_split(datasets, source: str, split: str):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import center_crop, resize_short_side, to_tensor
+from ..data.images import center_crop, load_image, resize_short_side, to_tensor
 from ..errors import UserInputError
 from . import Family, register_family
 from .base import DiffusionAdapter
@@ -74,16 +74,6 @@ def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
     arr = np.asarray(img)
     top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
     return Image.fromarray(arr[top : top + size, left : left + size])
-
-
-def as_pil(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image
-    if isinstance(image, (str, Path)):
-        from ..data.images import load_image
-
-        return load_image(image)
-    raise UserInputError(f"expected an image file or a PIL image, got {type(image).__name__}")
 
 
 def load_alphas_cumprod(path: Path) -> torch.Tensor:
@@ -167,7 +157,7 @@ class ClassUNetModel(DiffusionAdapter):
         return (self.channels, self.image_size, self.image_size)
 
     def encode(self, image: Any) -> torch.Tensor:
-        img = as_pil(image).convert("L" if self.channels == 1 else "RGB")
+        img = load_image(image).convert("L" if self.channels == 1 else "RGB")
         if img.size != (self.image_size, self.image_size):
             img = center_crop(resize_short_side(img, self.image_size), self.image_size)
         return to_tensor(img, self.channels)
@@ -255,7 +245,9 @@ class DiTModel(DiffusionAdapter):
 
     @torch.inference_mode()
     def encode(self, image: Any) -> torch.Tensor:
-        img = adm_center_crop(as_pil(image).convert("RGB"), self.image_size)
+        # RGB first, then the ADM crop: the official DiT eval's transform has no RGB step; its datasets
+        # (torchvision ImageFolder's loader) convert each image to RGB when they open it
+        img = adm_center_crop(load_image(image).convert("RGB"), self.image_size)
         x = to_tensor(img)[None].to(self.device, self.vae.dtype)
         return (self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor)[0].float()
 
