@@ -301,6 +301,22 @@ def test_a_bomb_in_a_dataset_fails_alone(tiny_sd_path, image_files, bomb, tmp_pa
     assert json.loads((tmp_path / "run" / "config.json").read_text())["exif_orientation"] is True
 
 
+def test_a_bad_image_beside_good_ones_in_match_and_calibrate(tiny_sd_path, image_files, bomb, tmp_path, capsys):
+    match = ["match", "--model", tiny_sd_path, "--captions", "a cat", "a dog", "--t-interval", "500", "--json"]
+    code, out, err = run_cli(capsys, *match, "--images", bomb, image_files[0])
+    assert code == 1 and "400,000,000 pixels" in err and "Traceback" not in err
+    assert json.loads(out)["images"] == [str(image_files[0])]
+    code, out, err = run_cli(capsys, *match, "--images", bomb, tmp_path)
+    assert code == 2 and out == "" and "is a directory" in err and "none of the 2 images" in err
+    for label, srcs in (("cat", image_files[:2]), ("dog", [image_files[0], bomb])):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for k, src in enumerate(srcs):
+            (tmp_path / "data" / label / f"{k}{src.suffix}").write_bytes(src.read_bytes())
+    code, out, err = run_cli(capsys, "calibrate", "--model", tiny_sd_path, "--data", f"folder:{tmp_path / 'data'}",
+                             "--per-class", "2", "--trials", "2", "--out", tmp_path / "w.json")  # fmt: skip
+    assert code == 1 and "400,000,000 pixels" in err and "(3 images" in out and (tmp_path / "w.json").is_file()
+
+
 def test_missing_directory_and_unreadable_images(tiny_sd_path, tmp_path, capsys):
     with pytest.raises(UserInputError, match="is a directory"):
         load_image(tmp_path)

@@ -7,10 +7,18 @@ import csv
 import json
 import sys
 
+from ..data.images import load_image
 from ..errors import UserInputError
 from ..matching import DiffusionMatcher, MatchResult, PairScorer, match
 from ..schedules import interval_grid
-from .options import add_image_options, add_model_options, check_batch_size, image_options_from_args, load_classifier
+from .options import (
+    add_image_options,
+    add_model_options,
+    check_batch_size,
+    image_options_from_args,
+    load_classifier,
+    load_each,
+)
 
 
 def add_parser(sub) -> None:
@@ -81,10 +89,12 @@ def scorers_from_args(args: argparse.Namespace) -> list[PairScorer]:
 
 
 def run(args: argparse.Namespace) -> int:
-    scorers = scorers_from_args(args)
     image_options = image_options_from_args(args)
+    ok = load_each(args.images, lambda path: load_image(path, image_options))  # bad ones: one line each, left out
+    readable = [path for path in args.images if path in ok]
+    scorers = scorers_from_args(args)
     progress = sys.stderr.isatty()
-    results = [match(s, args.images, args.captions, progress, image_options) for s in scorers]
+    results = [match(s, readable, args.captions, progress, image_options) for s in scorers]
     if args.json:
         for r in results:
             print(json.dumps(r.to_dict()))
@@ -93,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print_table(r)
-    return 0
+    return 1 if len(readable) < len(args.images) else 0
 
 
 def write_csv(results: list[MatchResult]) -> None:
