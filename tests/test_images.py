@@ -336,6 +336,15 @@ def test_missing_directory_and_unreadable_images(tiny_sd_path, tmp_path, capsys)
     assert code == 2 and f"{tmp_path} is a directory" in err and "Traceback" not in err
 
 
+def test_an_extremely_elongated_image_is_refused_before_the_resize(tiny_sd_path, dit_folder):
+    strip = Image.new("L", (1, 5_000_000))  # 5 MB; scaled to 8 px wide (DiT) it would be 320 M pixels
+    for folder in (tiny_sd_path, dit_folder):
+        model = DiffusionClassifier.from_pretrained(folder, device="cpu").model
+        with pytest.raises(UserInputError, match="too elongated"):
+            model.encode(strip)
+    assert reference_transform(Image.new("L", (4, 3000)), SIZE).shape == (3, SIZE, SIZE)  # 16 x 12,000: fine
+
+
 def test_dataset_cells_and_bytes_decode_in_their_own_mode(tmp_path):
     buf = io.BytesIO()
     make_image("LA", (5, 4)).save(buf, "PNG")

@@ -149,12 +149,24 @@ def resize_short_side(img: Image.Image, size: int, resample=Image.Resampling.BIC
 
     PIL resizes P and 1 images with NEAREST whatever is asked, and RGBA / LA with premultiplied alpha.
     """
+    check_aspect(img.size, size)
     w, h = img.size
     if w <= h:
         new = (size, int(size * h / w))
     else:
         new = (int(size * w / h), size)
     return img if new == (w, h) else img.resize(new, resample)
+
+
+def check_aspect(image_size: tuple[int, int], size: int) -> None:
+    """Refuse an image so elongated that scaling its short side to size would exceed the default pixel cap
+    (a 1 x 1,000,000 strip would become 512 x 512,000,000 before the crop)."""
+    short, long = sorted(image_size)
+    if size * size * long / short > DEFAULT_MAX_PIXELS:
+        raise UserInputError(
+            f"image of {image_size[0]}x{image_size[1]} pixels is too elongated: scaling its short side to {size} "
+            f"would make it {size} x {int(size * long / short):,}; crop it to a less extreme aspect ratio"
+        )
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:

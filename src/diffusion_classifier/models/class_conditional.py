@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import center_crop, load_image, resize_short_side, to_tensor
+from ..data.images import center_crop, check_aspect, load_image, resize_short_side, to_tensor
 from ..errors import UserInputError
 from . import Family, register_family
 from .base import DiffusionAdapter
@@ -247,7 +247,9 @@ class DiTModel(DiffusionAdapter):
     def encode(self, image: Any) -> torch.Tensor:
         # RGB first, then the ADM crop: the official DiT eval's transform has no RGB step; its datasets
         # (torchvision ImageFolder's loader) convert each image to RGB when they open it
-        img = adm_center_crop(load_image(image).convert("RGB"), self.image_size)
+        img = load_image(image).convert("RGB")
+        check_aspect(img.size, self.image_size)
+        img = adm_center_crop(img, self.image_size)
         x = to_tensor(img)[None].to(self.device, self.vae.dtype)
         return (self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor)[0].float()
 
