@@ -17,13 +17,15 @@ import io
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from ..errors import UserInputError
+
+if TYPE_CHECKING:  # torch loads on first use: the CLI reads this module before it parses arguments
+    import torch
 
 #: PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS at its default): over it PIL refuses to open a file.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -178,6 +180,8 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def to_tensor(img: Image.Image, channels: int = 3) -> torch.Tensor:
     """(C, H, W) float32 in [-1, 1]: ToTensor, then Normalize([0.5], [0.5]) as torchvision computes it."""
+    import torch
+
     img = img.convert("RGB" if channels == 3 else "L")
     arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
