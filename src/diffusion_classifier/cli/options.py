@@ -49,6 +49,7 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
 
 
 def image_options_from_args(args: argparse.Namespace) -> ImageOptions:
+    """The loader's options of add_image_options' flags (a bad --max-image-pixels is a UserInputError)."""
     return ImageOptions(max_pixels=args.max_image_pixels, exif_orientation=args.exif_orientation)
 
 
