@@ -39,10 +39,6 @@ def load_clip(model: str | Path | ClipShortlist, device: str | torch.device | No
     return model if isinstance(model, ClipShortlist) else ClipShortlist(model, device=device)
 
 
-def as_image(image: Any) -> Image.Image:
-    return load_image(image) if isinstance(image, (str, Path)) else image
-
-
 @torch.inference_mode()
 def clip_logits(
     model: str | Path | ClipShortlist, images: Sequence[Any], texts: Sequence[str], device: str | None = None
@@ -53,7 +49,7 @@ def clip_logits(
     """
     clip = load_clip(model, device)
     text = clip.text_features(list(texts))  # (n_texts, d), unit norm
-    image = torch.stack([clip.image_features(as_image(img)) for img in images])  # (n_images, d), unit norm
+    image = torch.stack([clip.image_features(load_image(img)) for img in images])  # (n_images, d), unit norm
     return clip.model.logit_scale.exp().float().cpu() * image @ text.T
 
 
@@ -109,7 +105,7 @@ class ClipClassifier:
     ) -> ClassificationResult:
         began = time.perf_counter()
         cands = self.candidates(labels, template, prompts)
-        logits = clip_logits(self.clip, [as_image(image)], list(cands.conditions))[0].tolist()
+        logits = clip_logits(self.clip, [load_image(image)], list(cands.conditions))[0].tolist()
         ranked = best_per_class(cands.class_ids, logits)
         probs = torch.tensor(list(ranked.values())).softmax(0).tolist()  # CLIP's zero-shot p(class | image)
         names = cands.class_names

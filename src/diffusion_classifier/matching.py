@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.images import load_image
+from .data.images import DEFAULT_OPTIONS, ImageOptions, load_image
 from .errors import UserInputError
 from .estimator import ErrorLedger, Loss, model_error_fn
 from .pipeline import DiffusionClassifier
@@ -124,7 +124,11 @@ class MatchResult:
 
 
 def match(
-    scorer: PairScorer, images: Sequence[str | Path], captions: Sequence[str], progress: bool = False
+    scorer: PairScorer,
+    images: Sequence[str | Path],
+    captions: Sequence[str],
+    progress: bool = False,
+    image_options: ImageOptions = DEFAULT_OPTIONS,
 ) -> MatchResult:
     """The score matrix of image files x captions (every image decoded and scored in turn)."""
     captions = check_captions(captions)
@@ -132,5 +136,5 @@ def match(
         raise UserInputError("no images given: pass --images")
     rows = []
     for path in tqdm(images, desc="images", unit="img", disable=not progress, file=sys.stderr):
-        rows.append(scorer([load_image(path)], captions)[0].tolist())
+        rows.append(scorer([load_image(path, image_options)], captions)[0].tolist())
     return MatchResult([str(p) for p in images], captions, rows, scorer.name)

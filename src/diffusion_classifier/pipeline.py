@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .calibration import check_temperature, elbo_scale, probabilities
-from .data.images import load_image
+from .data.images import DEFAULT_OPTIONS, ImageOptions, load_image
 from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_labels, from_template, shown
 from .errors import UserInputError
 from .estimator import ErrorLedger, Loss, model_error_fn
@@ -153,8 +154,11 @@ class DiffusionClassifier:
         temperature: float | None = None,
         shortlist: str | None = None,
         shortlist_k: int = 20,
+        image_options: ImageOptions = DEFAULT_OPTIONS,
     ) -> ClassificationResult:
         """Classify one image (a path, a PIL image, or what the adapter's encode takes).
+
+        image_options: how a file is opened (pixel cap, EXIF orientation; data/images.py load_image).
 
         weights: timestep weighting of the mean error ('uniform', 'exp', a weights JSON file; weighting.py).
         temperature: divides the ELBO-scaled logits of the probabilities (default: the model's, else 1).
@@ -167,8 +171,8 @@ class DiffusionClassifier:
         cands = self.candidates(labels, template, prompts)
         sched, loss = resolve_schedule(schedule, loss, getattr(self.model, "default_schedule", DEFAULT_SCHEDULE))
         name = str(image) if isinstance(image, (str, Path)) else None
-        if isinstance(image, (str, Path)):
-            image = load_image(image)
+        if isinstance(image, (str, Path, Image.Image)):
+            image = load_image(image, image_options)
         extra: dict[str, Any] = {}
         if shortlist is not None:
             cands = self.shortlist(shortlist).select(image, cands, shortlist_k)

@@ -149,6 +149,7 @@ class RunConfig:
     noise_file: str | None = None
     image_size: int | None = None
     dtype: str | None = None
+    exif_orientation: bool = False  # images turned by their EXIF Orientation tag (data/images.py)
     options: dict[str, Any] = field(default_factory=dict)  # weighting, temperature, shortlist (None = default)
     model_info: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -652,7 +653,7 @@ def _model_accepts(clf: DiffusionClassifier, names: list[str]) -> list[str] | No
 
 
 def make_config(model: str, job: EvalJob, **extra: Any) -> RunConfig:
-    """The RunConfig of a job (extra: limit, subset, image_size, dtype, model_info)."""
+    """The RunConfig of a job (extra: limit, subset, image_size, dtype, exif_orientation, model_info)."""
     everything = job.indices == tuple(range(len(job.dataset)))
     return RunConfig(
         model=model,

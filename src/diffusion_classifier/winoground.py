@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.datasets import decode_image
+from .data.images import DEFAULT_OPTIONS, ImageOptions, load_image
 from .errors import UserInputError
 from .files import check_out_dir, read_json_object
 from .matching import PairScorer
@@ -89,20 +89,27 @@ def example_from_row(row: Mapping[str, Any]) -> WinogroundExample:
     )
 
 
-def open_winoground(data_dir: str | Path | None = None, split: str = "test") -> WinogroundData:
+def open_winoground(
+    data_dir: str | Path | None = None, split: str = "test", image_options: ImageOptions = DEFAULT_OPTIONS
+) -> WinogroundData:
     """A local copy in the release layout (DIR/examples.jsonl, DIR/images/*.png), a datasets save_to_disk
-    folder, or the hub dataset (from the local cache when HF_HUB_OFFLINE is set)."""
+    folder, or the hub dataset (from the local cache when HF_HUB_OFFLINE is set). Images are decoded by
+    data.images.load_image with image_options."""
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if (root / "examples.jsonl").is_file():
-            return read_release(root)
+            return read_release(root, image_options)
         if not root.is_dir():
             raise UserInputError(f"Winoground folder not found: {root}")
-    return read_hub(str(data_dir) if data_dir is not None else HUB_ID, split)
+    return read_hub(str(data_dir) if data_dir is not None else HUB_ID, split, image_options)
 
 
-def read_release(root: Path) -> WinogroundData:
-    """The original release layout: examples.jsonl (one JSON object per line) and images/NAME.png."""
+def read_release(root: Path, image_options: ImageOptions = DEFAULT_OPTIONS) -> WinogroundData:
+    """The original release layout: examples.jsonl (one JSON object per line) and images/NAME.png.
+
+    An example whose image is missing or lies outside DIR/images fails alone when it is scored; a copy
+    where no example has its images is refused at once.
+    """
     rows = []
     for n, line in enumerate((root / "examples.jsonl").read_text().splitlines(), start=1):
         if not line.strip():
@@ -111,28 +118,50 @@ def read_release(root: Path) -> WinogroundData:
             row = json.loads(line)
         except json.JSONDecodeError:
             raise UserInputError(f"{root / 'examples.jsonl'} line {n} is not JSON") from None
+        if not isinstance(row, dict):
+            raise UserInputError(f"{root / 'examples.jsonl'} line {n} is not a JSON object")
         missing = [f for f in FIELDS if f not in row]
         if missing:
             raise UserInputError(f"{root / 'examples.jsonl'} line {n} lacks {', '.join(missing)}")
         rows.append(row)
     if not rows:
         raise UserInputError(f"{root / 'examples.jsonl'} holds no examples")
-    paths = [(image_path(root, r["image_0"]), image_path(root, r["image_1"])) for r in rows]
-    absent = [p for pair in paths for p in pair if not p.is_file()]
-    if absent:
-        raise UserInputError(f"Winoground image not found: {absent[0]} ({len(absent)} missing)")
-    return WinogroundData(
-        str(root.resolve()), [example_from_row(r) for r in rows], lambda i: tuple(map(decode_image, paths[i]))
-    )
+    paths = [(release_image(root, r["image_0"]), release_image(root, r["image_1"])) for r in rows]
+    bad = [p for pair in paths for p in pair if isinstance(p, UserInputError)]
+    if all(any(isinstance(p, UserInputError) for p in pair) for pair in paths):
+        raise UserInputError(f"no Winoground example has its two images: {bad[0]} ({len(bad)} bad of {2 * len(rows)})")
+
+    def load(i: int) -> tuple[Image.Image, ...]:
+        for p in paths[i]:
+            if isinstance(p, UserInputError):
+                raise p
+        return tuple(load_image(p, image_options) for p in paths[i])
+
+    return WinogroundData(str(root.resolve()), [example_from_row(r) for r in rows], load)
 
 
-def image_path(root: Path, name: str) -> Path:
-    """DIR/images/NAME.png; a name that already has a suffix is kept as is."""
-    path = root / "images" / str(name)
-    return path if path.suffix else path.with_suffix(".png")
+def release_image(root: Path, name: Any) -> Path | UserInputError:
+    """DIR/images/NAME (NAME.png when NAME has no suffix), or the error that refuses it: examples.jsonl
+    may name files inside DIR/images only (no absolute paths, no '..', no symlink leading out)."""
+    name = str(name)
+    folder = root.resolve() / "images"
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts or "\0" in name:
+        return UserInputError(f"Winoground image {name!r} is not a file name inside {folder}: refused")
+    path = folder / rel
+    path = path if path.suffix else path.with_suffix(".png")
+    try:
+        inside = path.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        return UserInputError(f"Winoground image {name!r} leads outside {folder} (a symlink): refused")
+    if not path.is_file():
+        return UserInputError(f"Winoground image not found: {path}")
+    return path
 
 
-def read_hub(source: str, split: str = "test") -> WinogroundData:
+def read_hub(source: str, split: str = "test", image_options: ImageOptions = DEFAULT_OPTIONS) -> WinogroundData:
     """The hub dataset (or a save_to_disk folder), image columns decoded lazily."""
     from .data.datasets import _import_datasets, _load_split
 
@@ -154,9 +183,11 @@ def read_hub(source: str, split: str = "test") -> WinogroundData:
     images = ds.select_columns(["image_0", "image_1"])
     for col in ("image_0", "image_1"):
         images = images.cast_column(col, datasets.Image(decode=False))
-    return WinogroundData(
-        source, examples, lambda i: (decode_image(images[i]["image_0"]), decode_image(images[i]["image_1"]))
-    )
+
+    def load(i: int) -> tuple[Image.Image, ...]:
+        return tuple(load_image(images[i][c], image_options, name=f"example {i} {c}") for c in ("image_0", "image_1"))
+
+    return WinogroundData(source, examples, load)
 
 
 # --- scores --------------------------------------------------------------------------------------
@@ -298,6 +329,7 @@ class WinogroundConfig:
     image_size: int | None = None
     dtype: str | None = None
     limit: int | None = None
+    exif_orientation: bool = False
     kind: str = "winoground"
     model_info: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=package_versions)
@@ -340,7 +372,8 @@ def claim(store: RunStore, config: WinogroundConfig) -> None:
         write_atomic(store.config_path, json.dumps(config.to_dict(), indent=2) + "\n")
         return
     new = config.identity()
-    diff = [k for k in new if old.get(k) != new[k]]
+    defaults = {f.name: f.default for f in dataclasses.fields(WinogroundConfig)}  # keys older runs lack
+    diff = [k for k in new if old.get(k, defaults[k]) != new[k]]
     if diff:
         raise UserInputError(
             f"{store.dir} holds a run with another configuration ({', '.join(diff)} differ); "

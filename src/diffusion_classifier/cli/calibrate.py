@@ -8,7 +8,14 @@ from ..data.datasets import open_dataset
 from ..errors import UserInputError
 from ..files import check_out_file
 from ..fitting import calibrate
-from .options import add_model_options, check_batch_size, load_classifier
+from .options import (
+    add_image_options,
+    add_model_options,
+    check_batch_size,
+    image_options_from_args,
+    load_classifier,
+    load_each,
+)
 
 
 def add_parser(sub) -> None:
@@ -16,6 +23,7 @@ def add_parser(sub) -> None:
     add_model_options(p)
     p.add_argument("--data", required=True, help="labelled images: folder:PATH (one subfolder per label), ...")
     p.add_argument("--split", default=None, help="dataset split")
+    add_image_options(p)
     p.add_argument("--per-class", type=int, default=5, help="images per label used for fitting (default 5)")
     p.add_argument("--trials", type=int, default=100, help="stratified trials per label and image (default 100)")
     p.add_argument("--template", default=None, help="prompt template for text models")
@@ -30,13 +38,15 @@ def run(args: argparse.Namespace) -> int:
     if not 2 <= args.trials <= 500:
         raise UserInputError(f"--trials must lie in 2..500, got {args.trials}")
     out = check_out_file(args.out)  # before the fit: a fit that cannot be saved is lost
-    data = open_dataset(args.data, args.split)
-    rows = [i for c in data.class_names for i in [j for j, y in enumerate(data.labels) if y == c][: args.per_class]]
+    data = open_dataset(args.data, args.split, image_options=image_options_from_args(args))
+    chosen = [i for c in data.class_names for i in [j for j, y in enumerate(data.labels) if y == c][: args.per_class]]
+    images = load_each(chosen, data.image)  # an unreadable image is left out of the fit
+    rows = list(images)
     clf = load_classifier(args)
     kw = {"template": args.template} if args.template else {}
     cal = calibrate(
         clf,
-        [data.image(i) for i in rows],
+        list(images.values()),
         list(data.class_names),
         [data.labels[i] for i in rows],
         n_trials=args.trials,
@@ -50,4 +60,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"  weights per bin: {', '.join(f'{v:.3g}' for v in cal.weights.values)}")
     print(f"  temperature: {cal.temperature:.4g} with these weights (--weights {args.out} --temperature ...)")
     print(f"  temperature: {cal.temperature_uniform:.4g} with uniform weights")
-    return 0
+    return 1 if len(rows) < len(chosen) else 0

@@ -10,11 +10,13 @@ from ..data.images import load_image
 from ..data.prompts import check_labels, check_template
 from ..errors import UserInputError
 from .options import (
+    add_image_options,
     add_label_options,
     add_model_options,
     add_schedule_options,
     check_batch_size,
     efficiency_kwargs,
+    image_options_from_args,
     labels_from_args,
     load_classifier,
     schedule_from_args,
@@ -24,6 +26,7 @@ from .options import (
 def add_parser(sub) -> None:
     p = sub.add_parser("classify", help="classify images among candidate labels")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    add_image_options(p)
     add_model_options(p)
     add_label_options(p)
     add_schedule_options(p)
@@ -40,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
         check_labels(labels)
     if args.template is not None:
         check_template(args.template)
+    image_options = image_options_from_args(args)
     if len(args.images) == 1:
-        load_image(args.images[0])
+        load_image(args.images[0], image_options)
     efficiency = efficiency_kwargs(args)
     clf = load_classifier(args)
     candidates = clf.candidates(labels, args.template, prompts)  # bad labels fail before any image work
@@ -57,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 noise=args.noise_file,
                 batch_size=args.batch_size,
                 progress=sys.stderr.isatty(),
+                image_options=image_options,
                 **efficiency,
             )
         except UserInputError as exc:

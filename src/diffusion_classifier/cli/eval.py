@@ -26,11 +26,13 @@ from ..runs import (
 )
 from ..schedules import DEFAULT_SCHEDULE, PUBLISHED
 from .options import (
+    add_image_options,
     add_label_options,
     add_model_options,
     add_schedule_options,
     check_batch_size,
     efficiency_kwargs,
+    image_options_from_args,
     labels_from_args,
     load_classifier,
     schedule_from_args,
@@ -45,6 +47,7 @@ def add_parser(sub) -> None:
         "Run it under `torchrun --nproc-per-node=N -m diffusion_classifier eval ...` to shard images over processes.",
     )
     add_dataset_options(p)
+    add_image_options(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (created, or resumed)")
     p.add_argument("--save-errors", action="store_true", help="store every per-trial error in the records")
     add_model_options(p, required=False)  # --model, or --baseline alone
@@ -114,7 +117,8 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
     store.check()
     labels, prompts = labels_from_args(args)
     options = efficiency_kwargs(args)
-    dataset = open_dataset(args.dataset, args.split, args.data_dir, args.image_column, args.label_column)
+    image_options = image_options_from_args(args)
+    dataset = open_dataset(args.dataset, args.split, args.data_dir, args.image_column, args.label_column, image_options)
     subset = read_subset_file(args.subset) if args.subset else None
     seeded = args.limit is not None or args.per_class is not None
     subset_seed = (args.seed if args.subset_seed is None else args.subset_seed) if seeded else None
@@ -145,6 +149,7 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
             subset_seed=subset_seed,
             image_size=args.image_size,
             dtype=args.dtype,
+            exif_orientation=image_options.exif_orientation,
             model_info=clf.model.describe(),
         )
         claim_in_turn(shard, grouped, lambda: store.claim(config))

@@ -7,10 +7,18 @@ import csv
 import json
 import sys
 
+from ..data.images import load_image
 from ..errors import UserInputError
 from ..matching import DiffusionMatcher, MatchResult, PairScorer, match
 from ..schedules import interval_grid
-from .options import add_model_options, check_batch_size, load_classifier
+from .options import (
+    add_image_options,
+    add_model_options,
+    check_batch_size,
+    image_options_from_args,
+    load_classifier,
+    load_each,
+)
 
 
 def add_parser(sub) -> None:
@@ -22,6 +30,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="image files")
     p.add_argument("--captions", nargs="+", required=True, metavar="TEXT", help="captions (used as the prompts)")
+    add_image_options(p)
     add_scorer_options(p, t_interval=10)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per scorer on stdout")
@@ -80,8 +89,12 @@ def scorers_from_args(args: argparse.Namespace) -> list[PairScorer]:
 
 
 def run(args: argparse.Namespace) -> int:
+    image_options = image_options_from_args(args)
+    ok = load_each(args.images, lambda path: load_image(path, image_options))  # bad ones: one line each, left out
+    readable = [path for path in args.images if path in ok]
     scorers = scorers_from_args(args)
-    results = [match(s, args.images, args.captions, progress=sys.stderr.isatty()) for s in scorers]
+    progress = sys.stderr.isatty()
+    results = [match(s, readable, args.captions, progress, image_options) for s in scorers]
     if args.json:
         for r in results:
             print(json.dumps(r.to_dict()))
@@ -90,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print_table(r)
-    return 0
+    return 1 if len(readable) < len(args.images) else 0
 
 
 def write_csv(results: list[MatchResult]) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..calibration import check_temperature
+from ..data.images import DEFAULT_MAX_PIXELS, ImageOptions
 from ..data.prompts import Candidates, read_labels_file, read_prompts_csv
 from ..errors import UserInputError
 from ..models.class_conditional import DIT_NETWORKS
@@ -32,6 +36,42 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
         default=None,
         help="DiT models: the original DiT network the published numbers come from (default), or diffusers' port",
     )
+
+
+def add_image_options(p: argparse.ArgumentParser) -> None:
+    """How image files are opened (data/images.py): every command that reads images takes these."""
+    g = p.add_argument_group("images")
+    g.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse images with more pixels, a decompression-bomb guard (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    g.add_argument(
+        "--exif-orientation",
+        action="store_true",
+        help="turn images by their EXIF Orientation tag (default: ignored, as the published code does)",
+    )
+
+
+def image_options_from_args(args: argparse.Namespace) -> ImageOptions:
+    """The loader's options of add_image_options' flags (a bad --max-image-pixels is a UserInputError)."""
+    return ImageOptions(max_pixels=args.max_image_pixels, exif_orientation=args.exif_orientation)
+
+
+def load_each(items: Sequence[Hashable], load: Callable[[Any], Any]) -> dict[Any, Any]:
+    """{item: image} of the items whose image loads; each one that does not is one line on stderr and is left
+    out (the command goes on with the rest and exits 1); when none loads, a UserInputError (exit 2)."""
+    images = {}
+    for item in items:
+        try:
+            images[item] = load(item)
+        except UserInputError as exc:
+            print(f"diffusion-classifier: error: {exc}", file=sys.stderr)
+    if not images:
+        raise UserInputError(f"none of the {len(items)} images could be read")
+    return images
 
 
 def load_classifier(args: argparse.Namespace, device: str | None = None):

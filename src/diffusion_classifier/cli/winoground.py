@@ -20,6 +20,7 @@ from ..winoground import (
     summarize,
 )
 from .match import add_scorer_options, scorers_from_args
+from .options import add_image_options, image_options_from_args
 
 
 def add_parser(sub) -> None:
@@ -35,6 +36,7 @@ def add_parser(sub) -> None:
         "--data-dir", default=None, help="a local copy: examples.jsonl + images/, or a datasets save_to_disk folder"
     )
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    add_image_options(p)
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="keep per-example records here; rerun to resume")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     add_scorer_options(p, t_interval=1)  # the published command evaluates all 1000 timesteps
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     shard = Shard.from_env()
     if shard.world_size > 1 and args.out is None:
         raise UserInputError("a run over several processes needs --out: each process writes its records there")
-    data = open_winoground(args.data_dir)  # a missing or gated dataset fails before any model loads
+    # a missing or gated dataset fails before any model loads
+    data = open_winoground(args.data_dir, image_options=image_options_from_args(args))
     args.device = shard.device(args.device)
     grouped = start_group(shard)
     try:
@@ -98,5 +101,6 @@ def make_config(args: argparse.Namespace, source: str, n: int, scorers) -> Winog
         image_size=args.image_size,
         dtype=args.dtype,
         limit=args.limit,
+        exif_orientation=args.exif_orientation,
         model_info={s.name: s.describe() for s in scorers},
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from ..errors import UserInputError
+from .images import DEFAULT_OPTIONS, ImageOptions, load_image
 from .prompts import published_prompts, read_text
 
 log = logging.getLogger(__name__)
@@ -150,19 +150,21 @@ def open_dataset(
     data_dir: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
+    image_options: ImageOptions = DEFAULT_OPTIONS,
 ) -> EvalDataset:
     """A dataset by name: builtin:mnist, folder:PATH, one of HUB_DATASETS, a save_to_disk folder or a hub id.
 
     A named dataset reads its hub copy, or --data-dir: a save_to_disk folder or a folder of class folders.
+    Images are decoded by decode_image (data.images.load_image with image_options, then RGB).
     """
     if name == "builtin:mnist":
         return _builtin_mnist(split or "test")
     if name.startswith("folder:"):
-        return _folder(name, Path(name.split(":", 1)[1]).expanduser())
+        return _folder(name, Path(name.split(":", 1)[1]).expanduser(), image_options)
     spec = HUB_DATASETS.get(name)
     if spec is not None and data_dir is not None and _is_class_folders(Path(data_dir).expanduser()):
-        return _local_class_folders(name, spec, split or spec.split, Path(data_dir).expanduser())
-    return _hf(name, split, data_dir, image_column, label_column)
+        return _local_class_folders(name, spec, split or spec.split, Path(data_dir).expanduser(), image_options)
+    return _hf(name, split, data_dir, image_column, label_column, image_options)
 
 
 def dataset_names() -> list[str]:
@@ -186,11 +188,13 @@ def _builtin_mnist(split: str) -> EvalDataset:
     )
 
 
-def _folder(name: str, root: Path) -> EvalDataset:
+def _folder(name: str, root: Path, image_options: ImageOptions) -> EvalDataset:
     """One subfolder of images per class; the label is the subfolder's name."""
     files, classes, ids = _class_folders(root)
     identity, sizes = folder_identity(root, files)
-    return EvalDataset(name, "all", ids, classes, lambda i: decode_image(files[i]), None, identity, sizes)
+    return EvalDataset(
+        name, "all", ids, classes, lambda i: decode_image(files[i], image_options), None, identity, sizes
+    )
 
 
 def _class_folders(root: Path) -> tuple[list[Path], list[str], list[int]]:
@@ -216,14 +220,14 @@ def _is_class_folders(path: Path) -> bool:
     return path.is_dir() and not any((path / f).is_file() for f in saved)
 
 
-def _local_class_folders(name: str, spec: HubSpec, split: str, root: Path) -> EvalDataset:
+def _local_class_folders(name: str, spec: HubSpec, split: str, root: Path, image_options: ImageOptions) -> EvalDataset:
     """A named dataset from a local folder of class folders (e.g. ImageNet val by wnid, ObjectNet's images/)."""
     files, names, raw = _class_folders(root)
     prompts = published_prompts(name)
     rows = _rows_in_table(raw, names, prompts, spec)
     ids, classes = _label_names([raw[i] for i in rows], names, prompts, spec)
     identity, sizes = folder_identity(root, [files[i] for i in rows])
-    load = lambda i: decode_image(files[rows[i]])  # noqa: E731
+    load = lambda i: decode_image(files[rows[i]], image_options)  # noqa: E731
     return _eval_dataset(name, split, ids, classes, load, spec, prompts, identity, sizes)
 
 
@@ -253,13 +257,10 @@ def table_identity(name: str, source: str, split: str, ds: Any, rows: int) -> di
     }
 
 
-def decode_image(source: Any) -> Image.Image:
-    """An RGB PIL image from a path, raw bytes or an HF image cell; any failure raises (the runner records it)."""
-    if isinstance(source, dict):  # an undecoded datasets.Image cell: {"bytes": ..., "path": ...}
-        source = io.BytesIO(source["bytes"]) if source.get("bytes") else source["path"]
-    with Image.open(source) as img:
-        img.load()  # force the decode now, inside the caller's try
-        return img.convert("RGB")
+def decode_image(source: Any, image_options: ImageOptions = DEFAULT_OPTIONS, name: str | None = None) -> Image.Image:
+    """A dataset image in RGB: torchvision's datasets (ImageFolder, Pets, Food, ...) convert each image to RGB
+    when they open it, before the official transforms resize and crop; any failure raises (the runner records it)."""
+    return load_image(source, image_options, name=name).convert("RGB")
 
 
 def crop_border(img: Image.Image, pixels: int) -> Image.Image:
@@ -297,7 +298,12 @@ def _import_datasets():
 
 
 def _hf(
-    name: str, split: str | None, data_dir: str | None, image_column: str | None, label_column: str | None
+    name: str,
+    split: str | None,
+    data_dir: str | None,
+    image_column: str | None,
+    label_column: str | None,
+    image_options: ImageOptions,
 ) -> EvalDataset:
     datasets = _import_datasets()
     spec = HUB_DATASETS.get(name)
@@ -325,7 +331,7 @@ def _hf(
     ids, classes = _label_names([raw[i] for i in rows], names, prompts, spec)
     images = ds.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
     identity = table_identity(name, source, split, ds, len(rows))
-    load = lambda i: decode_image(images[rows[i]][image_col])  # noqa: E731
+    load = lambda i: decode_image(images[rows[i]][image_col], image_options, name=f"{name} image {i}")  # noqa: E731
     return _eval_dataset(name, split, ids, classes, load, spec, prompts, identity)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import center_crop, resize_short_side, to_tensor
+from ..data.images import center_crop, check_aspect, load_image, resize_short_side, to_tensor
 from ..data.prompts import shown
 from ..errors import UserInputError
 from ..files import read_json_object
@@ -81,16 +81,6 @@ def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
     arr = np.asarray(img)
     top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
     return Image.fromarray(arr[top : top + size, left : left + size])
-
-
-def as_pil(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image
-    if isinstance(image, (str, Path)):
-        from ..data.images import load_image
-
-        return load_image(image)
-    raise UserInputError(f"expected an image file or a PIL image, got {type(image).__name__}")
 
 
 def load_alphas_cumprod(path: Path) -> torch.Tensor:
@@ -170,7 +160,7 @@ class ClassUNetModel(DiffusionAdapter):
         return (self.channels, self.image_size, self.image_size)
 
     def encode(self, image: Any) -> torch.Tensor:
-        img = as_pil(image).convert("L" if self.channels == 1 else "RGB")
+        img = load_image(image).convert("L" if self.channels == 1 else "RGB")
         if img.size != (self.image_size, self.image_size):
             img = center_crop(resize_short_side(img, self.image_size), self.image_size)
         return to_tensor(img, self.channels)
@@ -308,7 +298,11 @@ class DiTModel(DiffusionAdapter):
 
     @torch.inference_mode()
     def encode(self, image: Any) -> torch.Tensor:
-        img = adm_center_crop(as_pil(image).convert("RGB"), self.image_size)
+        # RGB first, then the ADM crop: the official DiT eval's transform has no RGB step; its datasets
+        # (torchvision ImageFolder's loader) convert each image to RGB when they open it
+        img = load_image(image).convert("RGB")
+        check_aspect(img.size, self.image_size)
+        img = adm_center_crop(img, self.image_size)
         x = to_tensor(img)[None].to(self.device, self.vae.dtype)
         return (self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor)[0].float()
 

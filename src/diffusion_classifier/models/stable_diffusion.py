@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..data.images import reference_transform
+from ..data.images import load_image, reference_transform
 from ..errors import UserInputError
 from . import Family, register_family
 from .base import DiffusionAdapter
@@ -68,7 +68,7 @@ class StableDiffusionModel(DiffusionAdapter):
 
     @torch.inference_mode()
     def encode(self, image) -> torch.Tensor:
-        x = reference_transform(image, self.image_size)[None].to(self.device, self.vae.dtype)
+        x = reference_transform(load_image(image), self.image_size)[None].to(self.device, self.vae.dtype)
         latent = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
         return latent[0].float()
 
