@@ -3,36 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from typing import TYPE_CHECKING
 
-from ..data.datasets import HUB_DATASETS, open_dataset, read_subset_file, select_indices
+from ..data.datasets import HUB_DATASETS
 from ..data.prompts import DEFAULT_TEMPLATE
 from ..errors import UserInputError
-from ..pipeline import resolve_schedule
-from ..report import markdown_table, summarize_run
-from ..runs import (
-    EvalJob,
-    RunStore,
-    Shard,
-    barrier,
-    claim_in_turn,
-    end_group,
-    eval_candidates,
-    make_config,
-    run_eval,
-    start_group,
-)
-from ..schedules import DEFAULT_SCHEDULE, PUBLISHED
 from .options import (
     add_label_options,
     add_model_options,
     add_schedule_options,
-    check_batch_size,
+    check_noise_file,
     efficiency_kwargs,
     labels_from_args,
     load_classifier,
-    schedule_from_args,
+    resolved_schedule,
 )
+from .rules import show_progress
+
+if TYPE_CHECKING:
+    from ..runs import Shard
 
 
 def add_parser(sub) -> None:
@@ -74,6 +63,9 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..report import markdown_table
+    from ..runs import Shard, end_group, start_group
+
     shard = Shard.from_env()
     grouped = start_group(shard)
     try:
@@ -87,15 +79,19 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, progress: bool | None = None):
     """Build the job from the arguments, claim the run directory, classify this shard; the run's summary."""
-    check_batch_size(args.batch_size)
+    from ..data.datasets import open_dataset, read_subset_file, select_indices
+    from ..report import summarize_run
+    from ..runs import EvalJob, RunStore, barrier, claim_in_turn, eval_candidates, make_config, run_eval
+    from ..schedules import PUBLISHED
+
     labels, prompts = labels_from_args(args)
+    check_noise_file(args.noise_file)
     options = efficiency_kwargs(args)
     dataset = open_dataset(args.dataset, args.split, args.data_dir, args.image_column, args.label_column)
     subset = read_subset_file(args.subset) if args.subset else None
     indices = select_indices(len(dataset), args.limit, subset)
     clf = classifier_from_args(args, shard.device(args.device))
-    default = PUBLISHED.get(dataset.name) or getattr(clf.model, "default_schedule", DEFAULT_SCHEDULE)
-    schedule, loss = resolve_schedule(schedule_from_args(args, clf.model.num_train_timesteps), args.loss, default)
+    schedule, loss = resolved_schedule(args, clf, PUBLISHED.get(dataset.name))
     job = EvalJob(
         dataset=dataset,
         indices=indices,
@@ -119,7 +115,7 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
     )
     store = RunStore(args.out)
     claim_in_turn(shard, grouped, lambda: store.claim(config))
-    run_eval(clf, job, store, shard, progress=sys.stderr.isatty() if progress is None else progress)
+    run_eval(clf, job, store, shard, progress=show_progress(args) if progress is None else progress)
     barrier(grouped)  # every shard's records are on disk before rank 0 summarises
     return summarize_run(store)
 

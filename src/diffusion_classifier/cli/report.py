@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .. import figures, winoground
-from ..report import accuracy_point, markdown_table, run_json, summarize_run, write_figures
-from ..runs import RunStore
+from .rules import print_json
+
+if TYPE_CHECKING:
+    from ..runs import RunStore
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "report",
         help="summarise run directories (finished or not)",
-        description="Top-1 (95%% Wilson interval), mean per-class accuracy (95%% normal approximation), "
+        description="Top-1 (95% Wilson interval), mean per-class accuracy (95% normal approximation), "
         "calls and seconds per image, as a markdown table; figures go into each RUN_DIR or --out.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `eval`")
@@ -30,6 +31,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import winoground
+    from ..report import markdown_table, run_json, summarize_run
+    from ..runs import RunStore
+
     if any(winoground.is_winoground_run(d) for d in args.runs):
         return run_winoground_reports(args)
     stores = [RunStore(d) for d in args.runs]
@@ -37,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         store.require_config()  # a wrong path fails before any output
     if args.json:
         for store in stores:
-            print(json.dumps(run_json(store)))
+            print_json(run_json(store))
         return 0
     print(markdown_table([summarize_run(s) for s in stores]))
     if not args.no_figures:
@@ -49,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
 def write_all_figures(stores: list[RunStore], out: Path | None) -> list[Path]:
     """Each run's figures (into its directory, or --out with the run's name as prefix); with --out and
     several runs, also one accuracy-vs-calls figure comparing them."""
+    from .. import figures
+    from ..report import accuracy_point, summarize_run, write_figures
+
     paths: list[Path] = []
     for store in stores:
         prefix = f"{store.dir.name}-" if out is not None and len(stores) > 1 else ""
@@ -62,10 +70,12 @@ def write_all_figures(stores: list[RunStore], out: Path | None) -> list[Path]:
 
 def run_winoground_reports(args: argparse.Namespace) -> int:
     """Winoground run directories (written by `winoground --out`): their score tables, or their JSON."""
+    from .. import winoground
+
     summaries = [winoground.summarize_run(d) for d in args.runs]  # a run of another kind fails here, first
     for run_dir, scorers in zip(args.runs, summaries):
         if args.json:
-            print(json.dumps({"run": run_dir, **winoground.results_json(scorers)}))
+            print_json({"run": run_dir, **winoground.results_json(scorers)})
         else:
             print(f"## {run_dir}\n")
             print("\n".join(winoground.markdown_table(s) for s in scorers))
