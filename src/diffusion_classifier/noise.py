@@ -81,7 +81,9 @@ def load_noise_file(path: str | Path) -> torch.Tensor:
     if not isinstance(table, torch.Tensor) or table.ndim < 2:
         raise UserInputError(f"noise file {path} must hold one tensor of shape [N, C, h, w]")
     if not table.dtype.is_floating_point:
-        raise UserInputError(f"noise file {path} holds {str(table.dtype).removeprefix('torch.')} values; noise is float")
+        raise UserInputError(
+            f"noise file {path} holds {str(table.dtype).removeprefix('torch.')} values; noise is float"
+        )
     table = table.float().contiguous()
     if not torch.isfinite(table).all():  # NaN or inf noise would make every score NaN
         bad = int((~torch.isfinite(table)).sum())

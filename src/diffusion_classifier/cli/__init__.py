@@ -42,6 +42,20 @@ class Parser(argparse.ArgumentParser):
         text = " ".join(message.split())
         self.exit(2, f"{self.prog}: error: {text} (see --help)\n")
 
+    def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
+        """As argparse's, but a flag the command does not know is that command's error (its --help lists them)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.command_parser(ns).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def command_parser(self, ns: argparse.Namespace) -> argparse.ArgumentParser:
+        """The parser of the subcommand that ns holds, else this one."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and getattr(ns, action.dest, None) in action.choices:
+                return action.choices[getattr(ns, action.dest)]
+        return self
+
 
 def package_version() -> str:
     """The installed distribution's version; the source tree's when it is not installed."""
@@ -82,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 def quiet_libraries() -> None:
     """Keep stderr for our progress and errors: no weight-loading bars or config nags from the HF libraries.
 
-    Through their environment variables, read when they are imported: importing them here would cost
-    seconds before the first error message.
+    Through their environment variables, read when they are imported (importing them here would cost seconds
+    before the first error message); a library already imported (the Python API, tests) is told directly.
     """
     import warnings
 
@@ -91,6 +105,11 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("transformers", "diffusers"):
+        if name in sys.modules:
+            lib = importlib.import_module(f"{name}.utils.logging")
+            lib.set_verbosity_error()
+            lib.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ..errors import UserInputError
 from .match import add_scorer_options, scorers_from_args
 from .options import positive_int
-from .rules import exit_code, print_json, show_progress
+from .rules import error, exit_code, print_json, show_progress
 
 if TYPE_CHECKING:
     from ..runs import Shard
@@ -46,11 +46,13 @@ def run(args: argparse.Namespace) -> int:
     args.device = shard.device(args.device)
     grouped = start_group(shard)
     try:
-        summaries = score(args, data, shard, grouped)
+        summaries, failures = score(args, data, shard, grouped)
     finally:
         end_group(grouped)
     if shard.rank != 0:
         return 0
+    for failure in failures:
+        error(failure)
     if args.json:
         print_json(results_json(summaries))
     else:
@@ -60,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     return exit_code(summaries[0].overall.n, failed)
 
 
-def score(args: argparse.Namespace, data, shard: Shard, grouped: bool) -> list:
-    """Claim the run directory, score this shard's examples; every scorer's summary of the whole run."""
+def score(args: argparse.Namespace, data, shard: Shard, grouped: bool) -> tuple[list, list[str]]:
+    """Claim the run directory, score this shard's examples; every scorer's summary of the whole run, and a
+    line for each failed example."""
     from ..runs import RunStore, barrier, claim_in_turn
     from ..winoground import claim, run_winoground, summarize
 
@@ -76,7 +79,8 @@ def score(args: argparse.Namespace, data, shard: Shard, grouped: bool) -> list:
     barrier(grouped)  # every shard's records are on disk before rank 0 summarises
     if store is not None:
         records = {i: r for i, r in store.records().items() if i < n}
-    return [summarize(records, s.name, n) for s in scorers]
+    failures = [f"Winoground example {r['id']}: {r.get('error')}" for r in records.values() if r["status"] != "ok"]
+    return [summarize(records, s.name, n) for s in scorers], failures
 
 
 def make_config(args: argparse.Namespace, source: str, n: int, scorers) -> WinogroundConfig:
