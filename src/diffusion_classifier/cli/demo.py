@@ -149,5 +149,5 @@ def baseline(out: Path) -> float | None:
         if saved.get("config") == config:
             return float(saved["accuracy"])
     accuracy = float(baseline_accuracy(seed=0))
-    write_atomic(cache, json.dumps({"config": config, "accuracy": accuracy}) + "\n")
+    write_atomic(cache, strict_json.dumps({"config": config, "accuracy": accuracy}) + "\n")
     return accuracy
