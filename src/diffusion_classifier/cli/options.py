@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # torch-heavy: imported where a command runs, never while par
 #: --seed takes 0..MAX_SEED: torch.Generator.manual_seed refuses negative seeds and seeds from 2**64 on;
 #: a signed 64-bit range also survives every JSON reader and numpy's int64
 MAX_SEED = 2**63 - 1
+DEVICE_HELP = "cpu, cuda, cuda:N or mps (default: the best available)"
+NOISE_FILE_HELP = "a [N, C, h, w] tensor of finite noise (.pt or .npy) instead of --seed"
 
 
 def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -33,9 +35,6 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
         default=None,
         help="the fast path: fp16, torch.compile, static shapes (default: on with CUDA, off on the CPU)",
     )
-
-
-DEVICE_HELP = "cpu, cuda, cuda:N or mps (default: the best available)"
 
 
 def load_classifier(args: argparse.Namespace, device: str | None = None) -> DiffusionClassifier:
@@ -170,9 +169,6 @@ def efficiency_kwargs(args: argparse.Namespace) -> dict:
         "shortlist": getattr(args, "shortlist", None),
         "shortlist_k": getattr(args, "shortlist_k", 20),
     }
-
-
-NOISE_FILE_HELP = "a [N, C, h, w] tensor of finite noise (.pt or .npy) instead of --seed"
 
 
 def add_seed_option(g, default: int | None = 0, what: str = "seed of the trial noise") -> None:
