@@ -16,7 +16,7 @@ import traceback
 from typing import NoReturn
 
 from ..errors import UserInputError
-from .rules import PROG, Tally, error
+from .rules import PROG, Tally, error, one_line
 
 #: subcommand modules, in the order `--help` lists them
 COMMANDS = [
@@ -39,8 +39,7 @@ class Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        text = " ".join(message.split())
-        self.exit(2, f"{self.prog}: error: {text} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
     def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
         """As argparse's, but a flag the command does not know is that command's error (its --help lists them)."""

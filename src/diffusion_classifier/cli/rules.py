@@ -23,10 +23,14 @@ def exit_code(done: int, failed: int) -> int:
     return 1 if done else 2
 
 
+def one_line(message: object) -> str:
+    """The message on one line (a newline in a file name or a library's message becomes a space)."""
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
 def error(message: object) -> None:
-    """One line on stderr, whatever the message holds (a newline in a file name stays on its line)."""
-    text = " ".join(str(message).split())
-    print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
+    """`diffusion-classifier: error: ...` on stderr, one line whatever the message holds."""
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass
