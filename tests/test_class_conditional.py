@@ -239,7 +239,9 @@ def test_train_command(tmp_path):
 
     assert main(["train", "--out", str(tmp_path / "m"), "--steps", "1", "--batch-size", "2"]) == 0
     assert (tmp_path / "m" / "scheduler" / "scheduler_config.json").is_file()
-    assert main(["train", "--out", str(tmp_path / "x"), "--steps", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:  # an argument error: argparse's one line, exit 2
+        main(["train", "--out", str(tmp_path / "x"), "--steps", "0"])
+    assert exc.value.code == 2
 
 
 def test_builtin_mnist_classifies_held_out_digits():

@@ -9,9 +9,15 @@ import torch
 from scipy import stats
 
 from diffusion_classifier import DiffusionClassifier, ErrorLedger, NoiseBank, Trial, UserInputError
-from diffusion_classifier.cli.options import add_schedule_options, efficiency_kwargs, schedule_from_args
+from diffusion_classifier.cli.options import (
+    add_schedule_options,
+    efficiency_kwargs,
+    racing_from_args,
+    schedule_from_args,
+)
 from diffusion_classifier.estimator import per_sample_loss, q_sample
 from diffusion_classifier.models.gaussian import GaussianClassModel
+from diffusion_classifier.pipeline import resolve_schedule
 from diffusion_classifier.schedules import SCHEDULES, Full, Racing, count_calls, master_grid, paired_t_pvalues
 from diffusion_classifier.timesteps import ORDERS, even_grid, ordered_grid, van_der_corput_order
 from diffusion_classifier.weighting import TimestepWeights, exp_weights, fit_weights, weight_table
@@ -192,9 +198,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def racing_of(argv: list[str], default=None) -> Racing:
+    """The schedule the CLI runs for these flags, the model's default schedule being `default`."""
+    args = parse(argv)
+    return resolve_schedule(schedule_from_args(args), args.loss, default, racing_from_args(args))[0]
+
+
 def test_cli_options_build_racing_and_reject_mixtures(tmp_path):
-    assert schedule_from_args(parse(["--alpha", "0.01", "--max-trials", "100"])) == Racing(alpha=0.01, cap=100)
-    assert schedule_from_args(parse(["--schedule", "racing", "--antithetic"])) == Racing(antithetic=True)
+    assert racing_of(["--alpha", "0.01", "--max-trials", "100"]) == Racing(alpha=0.01, cap=100)
+    assert racing_of(["--schedule", "racing", "--antithetic"]) == Racing(antithetic=True)
+    # an override keeps the default's other racing fields; a named schedule is taken as named
+    assert racing_of(["--max-trials", "100"], (Racing(alpha=0.01), "l2")) == Racing(alpha=0.01, cap=100)
+    assert racing_of(["--schedule", "racing", "--max-trials", "9"], (Racing(alpha=0.01), "l2")) == Racing(cap=9)
     assert schedule_from_args(parse(["--schedule", "racing"])) == "racing"
     with pytest.raises(UserInputError):
         schedule_from_args(parse(["--alpha", "0.01", "--timesteps", "1,2"]))

@@ -1,29 +1,47 @@
-"""Diffusion Classifier: a pretrained conditional diffusion model as a zero-shot image classifier."""
+"""Diffusion Classifier: a pretrained conditional diffusion model as a zero-shot image classifier.
 
-from .errors import UserInputError
-from .estimator import ErrorLedger, Trial, per_sample_loss, q_sample
-from .models.base import DiffusionAdapter
-from .noise import NoiseBank
-from .pipeline import ClassificationResult, DiffusionClassifier
-from .schedules import PUBLISHED, Full, Racing, Staged, count_calls, get_schedule, schedule_names
+The public names load on first use (PEP 562), so `import diffusion_classifier` and the command line's
+`--help` do not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import UserInputError as UserInputError  # light: re-exported as is
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ClassificationResult",
-    "DiffusionAdapter",
-    "DiffusionClassifier",
-    "ErrorLedger",
-    "Full",
-    "NoiseBank",
-    "PUBLISHED",
-    "Racing",
-    "Staged",
-    "Trial",
-    "UserInputError",
-    "count_calls",
-    "get_schedule",
-    "per_sample_loss",
-    "q_sample",
-    "schedule_names",
-]
+#: public name -> the module that defines it
+_EXPORTS = {
+    "ClassificationResult": "pipeline",
+    "DiffusionAdapter": "models.base",
+    "DiffusionClassifier": "pipeline",
+    "ErrorLedger": "estimator",
+    "Full": "schedules",
+    "NoiseBank": "noise",
+    "PUBLISHED": "schedules",
+    "Racing": "schedules",
+    "Staged": "schedules",
+    "Trial": "estimator",
+    "count_calls": "schedules",
+    "get_schedule": "schedules",
+    "per_sample_loss": "estimator",
+    "q_sample": "estimator",
+    "schedule_names": "schedules",
+}
+
+__all__ = sorted([*_EXPORTS, "UserInputError"])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

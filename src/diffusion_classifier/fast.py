@@ -25,10 +25,10 @@ import torch
 
 from .errors import UserInputError
 from .models.base import DiffusionAdapter
+from .names import COMPILE_MODES
 
 log = logging.getLogger(__name__)
 
-COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 FAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DENOISER_ATTRS = ("unet", "transformer")  # where adapters that set no denoiser_attr keep their network
 

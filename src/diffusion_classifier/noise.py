@@ -60,7 +60,8 @@ class NoiseBank:
 
     def _block(self, b: int) -> torch.Tensor:
         if b not in self._blocks:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + b)
+            # mod 2**64: manual_seed's range; the same seeds as before wherever those fitted in it
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + b) % 2**64)
             self._blocks[b] = torch.randn((_BLOCK, *self.shape), generator=gen)
         return self._blocks[b]
 
@@ -79,4 +80,12 @@ def load_noise_file(path: str | Path) -> torch.Tensor:
         raise UserInputError(f"cannot read noise file {path}: {exc.__class__.__name__}") from None
     if not isinstance(table, torch.Tensor) or table.ndim < 2:
         raise UserInputError(f"noise file {path} must hold one tensor of shape [N, C, h, w]")
-    return table.float().contiguous()
+    if not table.dtype.is_floating_point:
+        raise UserInputError(
+            f"noise file {path} holds {str(table.dtype).removeprefix('torch.')} values; noise is float"
+        )
+    table = table.float().contiguous()
+    if not torch.isfinite(table).all():  # NaN or inf noise would make every score NaN
+        bad = int((~torch.isfinite(table)).sum())
+        raise UserInputError(f"noise file {path} holds {bad} NaN or infinite values (in float32); use finite noise")
+    return table

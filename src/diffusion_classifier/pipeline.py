@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from .errors import UserInputError
 from .estimator import ErrorLedger, Loss, model_error_fn
 from .models.base import DiffusionAdapter
 from .noise import NoiseBank, load_noise_file
-from .schedules import DEFAULT_SCHEDULE, Schedule, count_calls, get_schedule
+from .schedules import DEFAULT_SCHEDULE, Racing, Schedule, count_calls, get_schedule
 from .weighting import TimestepWeights, weight_table
 
 
@@ -44,15 +45,30 @@ class ClassificationResult:
 
 
 def resolve_schedule(
-    schedule: str | Schedule | None, loss: Loss | None, default: tuple[Schedule, Loss] = DEFAULT_SCHEDULE
+    schedule: str | Schedule | None,
+    loss: Loss | None,
+    default: tuple[Schedule, Loss] | None = None,
+    racing: Mapping[str, Any] | None = None,
 ) -> tuple[Schedule, Loss]:
-    """A schedule object and its loss from a name, an object or None (the default); loss overrides."""
+    """A schedule object and its loss from a name, an object or None (default, else DEFAULT_SCHEDULE); loss
+    overrides.
+
+    racing: Racing fields to override (the CLI's --alpha, --max-trials, ...). They apply to the racing
+    schedule that would run (the named or default one; the named "racing" when that is not racing), and its
+    other fields stay: --max-trials 500 on a model whose default races at alpha 0.01 keeps alpha 0.01.
+    """
     if schedule is None:
-        sched, sched_loss = default
+        sched, sched_loss = default or DEFAULT_SCHEDULE
     elif isinstance(schedule, str):
         sched, sched_loss = get_schedule(schedule)
     else:
         sched, sched_loss = schedule, "l2"
+    if racing:
+        if not isinstance(sched, Racing):
+            if schedule is not None:
+                raise UserInputError("racing options apply to --schedule racing only")
+            sched, sched_loss = get_schedule("racing")
+        sched = replace(sched, **racing)
     return sched, loss or sched_loss
 
 
@@ -87,6 +103,11 @@ class DiffusionClassifier:
         from .models import load_adapter
 
         return cls(apply_fast(load_adapter(str(model), dtype=torch_dtype, device=device, **kwargs), fast))
+
+    @property
+    def default_schedule(self) -> tuple[Schedule, Loss]:
+        """The model's own schedule and loss (its config's default_schedule), else DEFAULT_SCHEDULE."""
+        return getattr(self.model, "default_schedule", None) or DEFAULT_SCHEDULE
 
     def candidates(
         self,
@@ -169,7 +190,7 @@ class DiffusionClassifier:
         if temperature is not None:
             check_temperature(temperature)  # before any model work
         cands = self.candidates(labels, template, prompts)
-        sched, loss = resolve_schedule(schedule, loss, getattr(self.model, "default_schedule", DEFAULT_SCHEDULE))
+        sched, loss = resolve_schedule(schedule, loss, self.default_schedule)
         name = str(image) if isinstance(image, (str, Path)) else None
         if isinstance(image, (str, Path, Image.Image)):
             image = load_image(image, image_options)

@@ -772,10 +772,3 @@ def classify_one(clf: DiffusionClassifier, job: EvalJob, i: int, rank: int) -> d
         log.warning("image %d failed: %s", i, exc)
         return failed_record(i, label, label_index, exc, rank)
     return make_record(i, label, label_index, result, rank, job.save_errors)
-
-
-def exit_code(done: int, failed: int) -> int:
-    """The command's exit status for a run: 0 all done, 1 some inputs failed (the rest done), 2 nothing done."""
-    if failed and not done:
-        return 2
-    return 1 if failed else 0

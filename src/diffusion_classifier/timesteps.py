@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
 from .errors import UserInputError
 
 GOLDEN = (5**0.5 - 1) / 2  # the Kronecker (golden-ratio) sequence has the lowest discrepancy among 1-D rotations
@@ -69,6 +67,8 @@ def ascending_order(n: int) -> list[int]:
 
 def random_order(n: int, seed: int = 0) -> list[int]:
     """A seeded random permutation: unbiased, but prefixes may clump."""
+    import torch  # here, not at the top: the command line reads ORDERS before torch is needed
+
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 

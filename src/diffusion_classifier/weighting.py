@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserInputError
-
-WEIGHTINGS: tuple[str, ...] = ("uniform", "exp")
+from .names import WEIGHTINGS
 
 
 @dataclass(frozen=True)

@@ -389,7 +389,7 @@ def score_example(data: WinogroundData, i: int, scorers: Sequence[PairScorer]) -
     try:
         images = data.images(i)
     except Exception as exc:  # any decode failure is this example's problem, not the run's
-        log.warning("Winoground example %s failed to decode: %s", ex.id, exc)
+        log.info("Winoground example %s failed to decode: %s", ex.id, exc)  # the CLI reports it, once
         return {**rec, "status": "failed", "error": f"{exc.__class__.__name__}: {exc}"}
     # scorer errors (a short noise file, a bad model) concern every example: they stop the run
     scores = {s.name: PairScores.from_matrix(s(images, (ex.caption_0, ex.caption_1))).to_dict() for s in scorers}

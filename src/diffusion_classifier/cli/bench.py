@@ -3,34 +3,47 @@
 from __future__ import annotations
 
 import argparse
-import json
+from typing import TYPE_CHECKING
 
 from ..errors import UserInputError
-from ..fast import COMPILE_MODES, FastConfig
-from ..models.random_weights import ARCHITECTURES
-from ..schedules import schedule_names
+from ..names import ARCHITECTURES, COMPILE_MODES, SCHEDULES
+from .options import DEVICE_HELP, positive_int
+from .rules import print_json
+
+if TYPE_CHECKING:
+    from ..fast import FastConfig
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure model calls per second: the reference setting vs the fast path")
+    p = sub.add_parser(
+        "bench",
+        help="measure model calls per second: the reference setting vs the fast path",
+        description="Time the denoiser's calls in float32 eager mode (the reference) and on the fast path "
+        "(half precision, torch.compile, static shapes), settings interleaved; report calls/s, TFLOP/s and "
+        "seconds per image for named schedules, and check that the fast path's errors agree (docs/performance.md).",
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="hub id, local folder, or builtin:NAME (loaded in float32)")
     which.add_argument(
-        "--random-weights", choices=list(ARCHITECTURES), help="a published denoiser architecture, random weights"
+        "--random-weights", choices=ARCHITECTURES, help="a published denoiser architecture, random weights"
     )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: the best available)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument(
         "--schedule",
         nargs="+",
         default=["cifar10"],
-        help=f"seconds per image on these (the first in the table rows): {', '.join(schedule_names())}",
+        help=f"seconds per image on these (the first in the table rows): {', '.join(SCHEDULES)}",
     )
-    p.add_argument("--labels", type=int, default=None, help="labels per image (default: the schedule's dataset's)")
-    p.add_argument("--calls-per-image", type=int, default=None, help="use this count instead of the schedule's")
+    p.add_argument(
+        "--labels", type=positive_int, default=None, help="labels per image (default: the schedule's dataset's)"
+    )
+    p.add_argument(
+        "--calls-per-image", type=positive_int, default=None, help="use this count instead of the schedule's"
+    )
     p.add_argument("--fast-dtype", choices=["float16", "bfloat16", "float32"], default=None)
-    p.add_argument("--compile-mode", choices=list(COMPILE_MODES), default=None, help="torch.compile mode (fast path)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None, help="torch.compile mode (fast path)")
     p.add_argument("--no-compile", action="store_true", help="fast path without torch.compile")
-    p.add_argument("--fast-batch-size", type=int, default=None, help="the fast path's (starting) batch size")
+    p.add_argument("--fast-batch-size", type=positive_int, default=None, help="the fast path's (starting) batch size")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation happens here)")
     p.add_argument("--iters", type=int, default=10, help="timed calls per setting and repeat")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds, settings interleaved; the best counts")
@@ -40,6 +53,8 @@ def add_parser(sub) -> None:
 
 
 def fast_config_from_args(args: argparse.Namespace, device) -> FastConfig:
+    from ..fast import FastConfig
+
     overrides = {
         "dtype": args.fast_dtype,
         "compile_mode": args.compile_mode,
@@ -74,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         check=not args.no_check,
     )
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print_json(result.to_dict())
         return 0
     print(f"{result.device}: {result.calls_per_image} calls per image ({result.schedule}, {result.n_labels} labels)")
     print(f"{'setting':<10} {'dtype':<9} {'batch':>5} {'compile':<27} {'calls/s':>9} {'TFLOP/s':>8} {'s/image':>9}")

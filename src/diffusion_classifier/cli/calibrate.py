@@ -4,37 +4,46 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.datasets import open_dataset
 from ..errors import UserInputError
-from ..files import check_out_file
-from ..fitting import calibrate
 from .options import (
+    add_batch_size_option,
     add_image_options,
     add_model_options,
-    check_batch_size,
+    add_seed_option,
     image_options_from_args,
     load_classifier,
     load_each,
+    positive_int,
 )
+from .rules import exit_code
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("calibrate", help="fit timestep weights (--weights) and a temperature on labelled images")
+    p = sub.add_parser(
+        "calibrate",
+        help="fit timestep weights (--weights) and a temperature on labelled images",
+        description="Evaluate every label of a few labelled images on stratified trials, then fit timestep "
+        "weights and the probabilities' temperature; writes a weights JSON for `classify` and `eval` "
+        "(--weights FILE --temperature T; docs/efficiency.md).",
+    )
     add_model_options(p)
     p.add_argument("--data", required=True, help="labelled images: folder:PATH (one subfolder per label), ...")
     p.add_argument("--split", default=None, help="dataset split")
     add_image_options(p)
-    p.add_argument("--per-class", type=int, default=5, help="images per label used for fitting (default 5)")
+    p.add_argument("--per-class", type=positive_int, default=5, help="images per label used for fitting (default 5)")
     p.add_argument("--trials", type=int, default=100, help="stratified trials per label and image (default 100)")
     p.add_argument("--template", default=None, help="prompt template for text models")
-    p.add_argument("--seed", type=int, default=0, help="seed of the trial noise (default 0)")
-    p.add_argument("--batch-size", type=int, default=32, help="(label, trial) pairs per model call")
+    add_seed_option(p)
+    add_batch_size_option(p)
     p.add_argument("--out", required=True, metavar="FILE", help="weights JSON to write (use it with --weights)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_batch_size(args.batch_size)
+    from ..data.datasets import open_dataset
+    from ..files import check_out_file
+    from ..fitting import calibrate
+
     if not 2 <= args.trials <= 500:
         raise UserInputError(f"--trials must lie in 2..500, got {args.trials}")
     out = check_out_file(args.out)  # before the fit: a fit that cannot be saved is lost
@@ -60,4 +69,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"  weights per bin: {', '.join(f'{v:.3g}' for v in cal.weights.values)}")
     print(f"  temperature: {cal.temperature:.4g} with these weights (--weights {args.out} --temperature ...)")
     print(f"  temperature: {cal.temperature_uniform:.4g} with uniform weights")
-    return 1 if len(rows) < len(chosen) else 0
+    return exit_code(len(rows), len(chosen) - len(rows))

@@ -3,42 +3,50 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from ..data.images import load_image
-from ..data.prompts import check_labels, check_template
 from ..errors import UserInputError
 from .options import (
     add_image_options,
     add_label_options,
     add_model_options,
     add_schedule_options,
-    check_batch_size,
+    check_noise_file,
     efficiency_kwargs,
     image_options_from_args,
     labels_from_args,
     load_classifier,
+    positive_int,
+    resolved_schedule,
     schedule_from_args,
 )
+from .rules import print_json, show_progress
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("classify", help="classify images among candidate labels")
+    p = sub.add_parser(
+        "classify",
+        help="classify images among candidate labels",
+        description="Score every candidate label of each image by the model's noise-prediction error on the same "
+        "(timestep, noise) trials; the lowest error wins. Prints a ranked table per image, or JSON lines. A bad "
+        "image is reported in one line and the others are classified (exit 1; exit 2 when none could be).",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     add_image_options(p)
     add_model_options(p)
     add_label_options(p)
     add_schedule_options(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
-    p.add_argument("--top", type=int, default=5, help="labels shown per image in the table (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout (nothing else there)")
+    p.add_argument("--top", type=positive_int, default=5, help="labels shown per image in the table (default 5)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.images import load_image
+    from ..data.prompts import check_labels, check_template
+
     labels, prompts = labels_from_args(args)
-    schedule = schedule_from_args(args)
-    check_batch_size(args.batch_size)
+    schedule_from_args(args)  # bad schedule options fail before the model loads
+    check_noise_file(args.noise_file)
     if labels is not None:  # fail fast, before the model loads
         check_labels(labels)
     if args.template is not None:
@@ -49,32 +57,33 @@ def run(args: argparse.Namespace) -> int:
     efficiency = efficiency_kwargs(args)
     clf = load_classifier(args)
     candidates = clf.candidates(labels, args.template, prompts)  # bad labels fail before any image work
-    failed = 0
+    schedule, loss = resolved_schedule(args, clf)
+    tally = args.tally
     for path in args.images:
         try:
             result = clf(
                 path,
                 prompts=candidates,
                 schedule=schedule,
-                loss=args.loss,
+                loss=loss,
                 seed=args.seed,
                 noise=args.noise_file,
                 batch_size=args.batch_size,
-                progress=sys.stderr.isatty(),
+                progress=show_progress(args),
                 image_options=image_options,
                 **efficiency,
             )
         except UserInputError as exc:
             if len(args.images) == 1:
                 raise
-            print(f"diffusion-classifier: error: {exc}", file=sys.stderr)
-            failed += 1
+            tally.fail(exc)
             continue
+        tally.done += 1
         if args.json:
-            print(json.dumps(result.to_dict()), flush=True)
+            print_json(result.to_dict())
         else:
             print_table(result, args.top)
-    return 1 if failed else 0
+    return tally.code()
 
 
 def print_table(result, top: int) -> None:

@@ -12,23 +12,24 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..data.datasets import open_dataset, select_indices
+from .. import strict_json
 from ..errors import UserInputError
-from ..estimator import Loss
-from ..pipeline import DiffusionClassifier
-from ..report import run_json, summarize_run, write_figures
-from ..runs import EvalJob, RunStore, eval_candidates, exit_code, make_config, run_eval, write_atomic
-from ..schedules import Full, Schedule
-from .options import check_batch_size
+from .options import add_batch_size_option, add_seed_option
+from .rules import exit_code, print_json, show_progress
+
+if TYPE_CHECKING:  # torch-heavy: imported where the demo runs, never while parsing
+    from ..estimator import Loss
+    from ..pipeline import DiffusionClassifier
+    from ..schedules import Schedule
 
 MODEL = "builtin:mnist"
 DATASET = "builtin:mnist"
 #: The demo's schedule: the one place to change it. None uses the bundled model's default_schedule,
-#: and FALLBACK_SCHEDULE where the model carries none.
+#: and a Full schedule on FALLBACK_TIMESTEPS with the l2 loss where the model carries none.
 DEMO_SCHEDULE: tuple[Schedule, Loss] | None = None
-FALLBACK_SCHEDULE: tuple[Schedule, Loss] = (Full(tuple(range(50, 1000, 100))), "l2")  # 10 timesteps: 100 calls
+FALLBACK_TIMESTEPS = tuple(range(50, 1000, 100))  # 10 timesteps: 100 calls
 
 
 def add_parser(sub) -> None:
@@ -44,22 +45,25 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one final JSON object")
     p.add_argument("--fresh", action="store_true", help="delete an earlier demo's records in --out first")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    p.add_argument("--seed", type=int, default=0, help="seed of the trial noise (default 0)")
-    p.add_argument("--batch-size", type=int, default=100, help="(label, trial) pairs per model call")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    add_seed_option(p)
+    add_batch_size_option(p, default=100)
     p.set_defaults(func=run)
 
 
 def demo_schedule(clf: DiffusionClassifier) -> tuple[Schedule, Loss]:
-    return DEMO_SCHEDULE or getattr(clf.model, "default_schedule", None) or FALLBACK_SCHEDULE
+    from ..schedules import Full
+
+    return DEMO_SCHEDULE or getattr(clf.model, "default_schedule", None) or (Full(FALLBACK_TIMESTEPS), "l2")
 
 
 def run(args: argparse.Namespace) -> int:
-    check_batch_size(args.batch_size)
-    result = run_demo(Path(args.out), args.limit, args.seed, args.device, args.batch_size, args.fresh)
+    result = run_demo(
+        Path(args.out), args.limit, args.seed, args.device, args.batch_size, args.fresh, show_progress(args)
+    )
     if args.json:
-        print(json.dumps({k: result[k] for k in ("n", "accuracy", "calls_per_image", "seconds_per_image",
-                                                   "baseline_accuracy")}))  # fmt: skip
+        print_json({k: result[k] for k in ("n", "accuracy", "calls_per_image", "seconds_per_image",
+                                           "baseline_accuracy")})  # fmt: skip
     else:
         base = result["baseline_accuracy"]
         print(f"MNIST held-out digits: {result['n']} classified, accuracy {_pct(result['accuracy'])}")
@@ -76,9 +80,20 @@ def _pct(x: float | None) -> str:
 
 
 def run_demo(
-    out: Path, limit: int | None, seed: int = 0, device: str = "cpu", batch_size: int = 100, fresh: bool = False
+    out: Path,
+    limit: int | None,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int | None = 100,
+    fresh: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate (or resume), then write results.json and the figures into out; the numbers."""
+    from ..data.datasets import open_dataset, select_indices
+    from ..pipeline import DiffusionClassifier
+    from ..report import run_json, summarize_run, write_figures
+    from ..runs import EvalJob, RunStore, eval_candidates, make_config, run_eval, write_atomic
+
     store = RunStore(out)
     store.check()  # before the model loads: --out writable, an earlier demo readable
     dataset = open_dataset(DATASET)
@@ -103,7 +118,7 @@ def run_demo(
             store.claim(make_config(MODEL, job, limit=limit, subset_seed=subset_seed, model_info=clf.model.describe()))
         except UserInputError as exc:
             raise UserInputError(f"{exc}; or pass --fresh to replace the earlier demo") from None
-        run_eval(clf, job, store, progress=True)
+        run_eval(clf, job, store, progress=progress)
     summary = summarize_run(store)
     classified = [r["index"] for r in store.selected_records().values() if r["status"] == "ok"]
     result = {
@@ -115,7 +130,7 @@ def run_demo(
         "baseline_accuracy": baseline(out, classified),
         "out": str(out),
     }
-    write_atomic(out / "results.json", json.dumps({**result, **run_json(store)}, indent=1) + "\n")
+    write_atomic(out / "results.json", strict_json.dumps({**result, **run_json(store)}, indent=1) + "\n")
     write_figures(store)
     return result
 
@@ -127,6 +142,8 @@ def baseline(out: Path, indices: list[int]) -> float | None:
     Training it takes a while on a CPU and its predictions depend only on its config, so the predictions
     on all 1,000 digits are cached in out/baseline.json beside that config.
     """
+    from ..runs import write_atomic
+
     try:
         from ..baseline import BaselineConfig, baseline_predictions
         from ..data.mnist import test_split
@@ -139,6 +156,6 @@ def baseline(out: Path, indices: list[int]) -> float | None:
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
     if not isinstance(saved, dict) or saved.get("config") != config or "predictions" not in saved:
         saved = {"config": config, "predictions": baseline_predictions(seed=0)}
-        write_atomic(cache, json.dumps(saved) + "\n")
+        write_atomic(cache, strict_json.dumps(saved) + "\n")
     truth = test_split().labels
     return sum(saved["predictions"][i] == truth[i] for i in indices) / len(indices)

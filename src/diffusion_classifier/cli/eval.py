@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from typing import TYPE_CHECKING
 
-from ..data.datasets import HUB_DATASETS, open_dataset, read_subset_file, save_subset, select_indices
+from ..data.datasets import HUB_DATASETS
 from ..data.prompts import DEFAULT_TEMPLATE
 from ..errors import UserInputError
-from ..pipeline import resolve_schedule
-from ..report import markdown_table, summarize_run
-from ..runs import (
-    SUBSET_FILE,
-    EvalJob,
-    RunStore,
-    Shard,
-    barrier,
-    claim_in_turn,
-    end_group,
-    eval_candidates,
-    exit_code,
-    make_config,
-    run_eval,
-    start_group,
-)
-from ..schedules import DEFAULT_SCHEDULE, PUBLISHED
 from .options import (
     add_image_options,
     add_label_options,
     add_model_options,
     add_schedule_options,
-    check_batch_size,
+    check_noise_file,
     efficiency_kwargs,
     image_options_from_args,
     labels_from_args,
     load_classifier,
-    schedule_from_args,
+    resolved_schedule,
 )
+from .rules import error, exit_code, show_progress
+
+if TYPE_CHECKING:
+    from ..runs import Shard
 
 
 def add_parser(sub) -> None:
@@ -92,6 +79,9 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..report import markdown_table
+    from ..runs import Shard, end_group, start_group
+
     shard = Shard.from_env()
     grouped = start_group(shard)
     try:
@@ -102,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
         return 0  # rank 0 speaks for the run
     print(markdown_table([summary]))
     if summary.failed:
-        print(f"diffusion-classifier: {summary.failed} image(s) failed (see the records in {args.out}); "
-              "fix them and rerun to classify them", file=sys.stderr)  # fmt: skip
+        error(f"{summary.failed} image(s) failed (see the records in {args.out}); fix them and rerun to classify them")
     return exit_code(summary.n, summary.failed)
 
 
@@ -112,10 +101,15 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
 
     Everything the user can get wrong (--out, the run directory, the dataset) is checked before the model loads.
     """
-    check_batch_size(args.batch_size)
+    from ..data.datasets import open_dataset, read_subset_file, save_subset, select_indices
+    from ..report import summarize_run
+    from ..runs import SUBSET_FILE, EvalJob, RunStore, barrier, claim_in_turn, eval_candidates, make_config, run_eval
+    from ..schedules import PUBLISHED
+
     store = RunStore(args.out)
     store.check()
     labels, prompts = labels_from_args(args)
+    check_noise_file(args.noise_file)
     options = efficiency_kwargs(args)
     image_options = image_options_from_args(args)
     dataset = open_dataset(args.dataset, args.split, args.data_dir, args.image_column, args.label_column, image_options)
@@ -126,8 +120,8 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
     with store.lock(shard):
         clf = classifier_from_args(args, shard.device(args.device))
         # a model's own protocol (DiT's) before the dataset's published one (Stable Diffusion's), then the default
-        default = getattr(clf.model, "default_schedule", None) or PUBLISHED.get(dataset.name) or DEFAULT_SCHEDULE
-        schedule, loss = resolve_schedule(schedule_from_args(args, clf.model.num_train_timesteps), args.loss, default)
+        own = getattr(clf.model, "default_schedule", None)
+        schedule, loss = resolved_schedule(args, clf, own or PUBLISHED.get(dataset.name))
         job = EvalJob(
             dataset=dataset,
             indices=indices,
@@ -155,7 +149,7 @@ def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, pr
         claim_in_turn(shard, grouped, lambda: store.claim(config))
         if shard.rank == 0 and len(indices) < len(dataset):
             save_subset(store.dir / SUBSET_FILE, indices)  # the official --subset_path reads it too
-        run_eval(clf, job, store, shard, progress=sys.stderr.isatty() if progress is None else progress)
+        run_eval(clf, job, store, shard, progress=show_progress(args) if progress is None else progress)
         barrier(grouped)  # every shard's records are on disk before rank 0 summarises
     return summarize_run(store)
 

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
+from typing import TYPE_CHECKING
 
-from ..data.images import load_image
 from ..errors import UserInputError
-from ..matching import DiffusionMatcher, MatchResult, PairScorer, match
-from ..schedules import interval_grid
 from .options import (
+    NOISE_FILE_HELP,
+    add_batch_size_option,
     add_image_options,
     add_model_options,
-    check_batch_size,
+    add_seed_option,
+    check_noise_file,
     image_options_from_args,
     load_classifier,
-    load_each,
 )
+from .rules import Tally, print_json, show_progress
+
+if TYPE_CHECKING:
+    from ..data.images import ImageOptions
+    from ..matching import MatchResult, PairScorer
 
 
 def add_parser(sub) -> None:
@@ -26,14 +30,15 @@ def add_parser(sub) -> None:
         "match",
         help="score every image against every caption (image-text matching)",
         description="Score = minus the mean noise-prediction error over t in range(K // 2, 1000, K), the i-th "
-        "timestep with noise i, the same noise for every pair (higher = better match).",
+        "timestep with noise i, the same noise for every pair (higher = better match). An image that cannot be "
+        "read is reported in one line and the others are scored (exit 1).",
     )
     p.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="image files")
     p.add_argument("--captions", nargs="+", required=True, metavar="TEXT", help="captions (used as the prompts)")
     add_image_options(p)
     add_scorer_options(p, t_interval=10)
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="one JSON object per scorer on stdout")
+    out.add_argument("--json", action="store_true", help="one JSON object per scorer on stdout (nothing else there)")
     out.add_argument("--csv", action="store_true", help="CSV on stdout: scorer, image, then one column per caption")
     p.set_defaults(func=run)
 
@@ -49,13 +54,13 @@ def add_scorer_options(p: argparse.ArgumentParser, t_interval: int) -> None:
         metavar="K",
         help=f"timesteps range(K // 2, 1000, K): 1000 / K model calls per pair (default {t_interval})",
     )
-    g.add_argument("--seed", type=int, default=None, help="seed of the trial noise (default 0)")
-    g.add_argument("--noise-file", default=None, help="a [N, C, h, w] noise tensor (.pt or .npy) instead of --seed")
+    add_seed_option(g, default=None)  # None: --noise-file may replace it
+    g.add_argument("--noise-file", default=None, help=NOISE_FILE_HELP)
     g.add_argument("--loss", choices=["l2", "l1", "huber"], default="l2", help="per-trial loss (default l2)")
     g.add_argument(
         "--normalize", action="store_true", help="subtract the unconditional (empty prompt) error, trial by trial"
     )
-    g.add_argument("--batch-size", type=int, default=32, help="(caption, trial) pairs per model call")
+    add_batch_size_option(g)
     g.add_argument(
         "--baseline",
         action="append",
@@ -68,14 +73,16 @@ def add_scorer_options(p: argparse.ArgumentParser, t_interval: int) -> None:
 def scorers_from_args(args: argparse.Namespace) -> list[PairScorer]:
     """The diffusion scorer of --model (if given) first, then each --baseline."""
     from ..clip_baseline import ClipMatcher, parse_baseline
+    from ..matching import DiffusionMatcher
+    from ..schedules import interval_grid
 
     if args.model is None and not args.baseline:
         raise UserInputError("give --model (a diffusion model), --baseline clip:MODEL, or both")
     for spec in args.baseline:
         parse_baseline(spec)  # a bad spec fails before any model loads
-    check_batch_size(args.batch_size)
     if args.seed is not None and args.noise_file is not None:
         raise UserInputError("give only one of --seed and --noise-file")
+    check_noise_file(args.noise_file)
     seed = 0 if args.seed is None else args.seed
     scorers: list[PairScorer] = []
     if args.model is not None:
@@ -89,21 +96,37 @@ def scorers_from_args(args: argparse.Namespace) -> list[PairScorer]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..matching import match
+
     image_options = image_options_from_args(args)
-    ok = load_each(args.images, lambda path: load_image(path, image_options))  # bad ones: one line each, left out
-    readable = [path for path in args.images if path in ok]
+    images = [path for path in args.images if readable(path, image_options, args.tally)]
+    if not images:
+        return args.tally.code()  # every image failed, each said so: nothing to score
     scorers = scorers_from_args(args)
-    progress = sys.stderr.isatty()
-    results = [match(s, readable, args.captions, progress, image_options) for s in scorers]
+    results = [match(s, images, args.captions, show_progress(args), image_options) for s in scorers]
+    args.tally.done = len(images)
     if args.json:
         for r in results:
-            print(json.dumps(r.to_dict()))
+            print_json(r.to_dict())
     elif args.csv:
         write_csv(results)
     else:
         for r in results:
             print_table(r)
-    return 1 if len(readable) < len(args.images) else 0
+    return args.tally.code()
+
+
+def readable(path: str, image_options: ImageOptions, tally: Tally) -> bool:
+    """Whether the image can be decoded; if not, its one line goes to stderr (decoded again when scored: cheap
+    next to the model calls, and each scorer reads the files itself)."""
+    from ..data.images import load_image
+
+    try:
+        load_image(path, image_options)
+    except UserInputError as exc:
+        tally.fail(exc)
+        return False
+    return True
 
 
 def write_csv(results: list[MatchResult]) -> None:

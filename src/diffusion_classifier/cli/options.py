@@ -6,23 +6,31 @@ import argparse
 import sys
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..calibration import check_temperature
-from ..data.images import DEFAULT_MAX_PIXELS, ImageOptions
 from ..data.prompts import Candidates, read_labels_file, read_prompts_csv
 from ..errors import UserInputError
-from ..models.class_conditional import DIT_NETWORKS
-from ..schedules import Full, Racing, Schedule, Staged, parse_timesteps, schedule_names
+from ..names import DEFAULT_MAX_PIXELS, DIT_NETWORKS, SCHEDULES, WEIGHTINGS
 from ..timesteps import ORDERS
-from ..weighting import WEIGHTINGS
+
+if TYPE_CHECKING:  # torch-heavy: imported where a command runs, never while parsing
+    from ..data.images import ImageOptions
+    from ..estimator import Loss
+    from ..pipeline import DiffusionClassifier
+    from ..schedules import Schedule
+
+#: --seed takes 0..MAX_SEED: torch.Generator.manual_seed refuses negative seeds and seeds from 2**64 on;
+#: a signed 64-bit range also survives every JSON reader and numpy's int64
+MAX_SEED = 2**63 - 1
+DEVICE_HELP = "cpu, cuda, cuda:N or mps (default: the best available)"
+NOISE_FILE_HELP = "a [N, C, h, w] tensor of finite noise (.pt or .npy) instead of --seed"
 
 
 def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=required, help="hub id, local folder, or builtin:NAME (e.g. builtin:mnist)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None, help="weights dtype")
-    g.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    g.add_argument("--device", default=None, help=DEVICE_HELP)
     g.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the model's)")
     g.add_argument(
         "--fast",
@@ -56,6 +64,8 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
 
 
 def image_options_from_args(args: argparse.Namespace) -> ImageOptions:
+    from ..data.images import ImageOptions
+
     """The loader's options of add_image_options' flags (a bad --max-image-pixels is a UserInputError)."""
     return ImageOptions(max_pixels=args.max_image_pixels, exif_orientation=args.exif_orientation)
 
@@ -74,7 +84,7 @@ def load_each(items: Sequence[Hashable], load: Callable[[Any], Any]) -> dict[Any
     return images
 
 
-def load_classifier(args: argparse.Namespace, device: str | None = None):
+def load_classifier(args: argparse.Namespace, device: str | None = None) -> DiffusionClassifier:
     """The diffusion classifier of add_model_options' flags: the one place the CLI loads one (--fast included)."""
     from ..pipeline import DiffusionClassifier
 
@@ -103,22 +113,29 @@ def add_label_options(p: argparse.ArgumentParser) -> None:
 
 def add_schedule_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("schedule")
-    g.add_argument("--schedule", default=None, help=f"a named schedule: {', '.join(schedule_names())}")
+    g.add_argument("--schedule", default=None, help=f"a named schedule: {', '.join(SCHEDULES)}")
     g.add_argument("--to-keep", type=int, nargs="+", default=None, help="candidates kept after each stage")
     g.add_argument("--n-samples", type=int, nargs="+", default=None, help="timesteps per stage")
     g.add_argument("--timesteps", default=None, help="evaluate all labels on these: '11,311,611' or '0:1000:50'")
     g.add_argument("--loss", choices=["l2", "l1", "huber"], default=None, help="per-trial loss (default: schedule's)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the trial noise (default 0)")
-    g.add_argument("--noise-file", default=None, help="a [N, C, h, w] noise tensor (.pt or .npy) instead of --seed")
-    g.add_argument("--batch-size", type=batch_size_arg, default=32, help="(label, trial) pairs per model call, or auto")
+    add_seed_option(g)
+    g.add_argument("--noise-file", default=None, help=NOISE_FILE_HELP)
+    add_batch_size_option(g)
     add_efficiency_options(p)
 
 
 def add_efficiency_options(p: argparse.ArgumentParser) -> None:
     """Racing, timestep weighting, probabilities and CLIP shortlists (docs/efficiency.md)."""
     g = p.add_argument_group("fewer model calls (racing, weighting, shortlists) and probabilities")
-    g.add_argument("--alpha", type=float, default=None, help="racing: level of the paired t-test (default 0.002)")
-    g.add_argument("--max-trials", type=int, default=None, help="racing: trials per label at most (default 500)")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="racing: level of the paired t-test (default: the model's, else 0.002)",
+    )
+    g.add_argument(
+        "--max-trials", type=int, default=None, help="racing: trials per label at most (default: the model's, else 500)"
+    )
     g.add_argument("--timestep-order", choices=list(ORDERS), default=None, help="racing: order of the timesteps")
     g.add_argument("--antithetic", action="store_true", help="racing: trials in pairs with noise eps and -eps")
     g.add_argument(
@@ -143,13 +160,13 @@ def labels_from_args(args: argparse.Namespace) -> tuple[list[str] | None, Candid
 
 
 def schedule_from_args(args: argparse.Namespace, T: int = 1000) -> str | Schedule | None:
-    """A schedule name, a Staged or Full object, or None for the model's default."""
+    """A schedule name, a Staged or Full object, or None for the default (racing flags: racing_from_args)."""
+    from ..schedules import Full, Staged, parse_timesteps
+
     chosen = [x for x in (args.schedule, args.timesteps, args.to_keep or args.n_samples) if x is not None and x != []]
     if len(chosen) > 1:
         raise UserInputError("give only one of --schedule, --timesteps, --to-keep/--n-samples")
-    racing = racing_from_args(args)  # first: it rejects racing options mixed with another schedule
-    if racing is not None:
-        return racing
+    racing_from_args(args)  # first: it rejects racing options mixed with another schedule
     if args.timesteps is not None:
         return Full(parse_timesteps(args.timesteps, T))
     if args.to_keep or args.n_samples:
@@ -159,8 +176,9 @@ def schedule_from_args(args: argparse.Namespace, T: int = 1000) -> str | Schedul
     return args.schedule
 
 
-def racing_from_args(args: argparse.Namespace) -> Racing | None:
-    """A Racing schedule when any racing option is given (with --schedule racing or no schedule), else None."""
+def racing_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The racing fields the flags override ({} when none is given); pipeline.resolve_schedule applies them
+    to the racing schedule that runs, so the model's other racing defaults stay."""
     opts = {
         "alpha": getattr(args, "alpha", None),
         "cap": getattr(args, "max_trials", None),
@@ -168,11 +186,21 @@ def racing_from_args(args: argparse.Namespace) -> Racing | None:
         "antithetic": getattr(args, "antithetic", False) or None,
     }
     opts = {k: v for k, v in opts.items() if v is not None}
-    if not opts:
-        return None
-    if args.schedule not in (None, "racing") or args.timesteps is not None or args.to_keep or args.n_samples:
+    if opts and (args.schedule not in (None, "racing") or args.timesteps is not None or args.to_keep or args.n_samples):
         raise UserInputError("--alpha, --max-trials, --timestep-order and --antithetic apply to --schedule racing only")
-    return Racing(**opts)
+    return opts
+
+
+def resolved_schedule(
+    args: argparse.Namespace, clf: DiffusionClassifier, default: tuple[Schedule, Loss] | None = None
+) -> tuple[Schedule, Loss]:
+    """The schedule and loss a command runs: the flags', else default (the model's when None), racing flags
+    applied over it."""
+    from ..pipeline import resolve_schedule
+
+    schedule = schedule_from_args(args, clf.model.num_train_timesteps)
+    default = default or getattr(clf, "default_schedule", None)  # a CLIP baseline has none (it spends no calls)
+    return resolve_schedule(schedule, args.loss, default, racing_from_args(args))
 
 
 def efficiency_kwargs(args: argparse.Namespace) -> dict:
@@ -183,6 +211,8 @@ def efficiency_kwargs(args: argparse.Namespace) -> dict:
     if weights_file is not None and not Path(weights_file).is_file():
         raise UserInputError(f"weights file not found: {weights_file}")
     if getattr(args, "temperature", None) is not None:
+        from ..calibration import check_temperature
+
         check_temperature(args.temperature)
     return {
         "weights": weights_file or weighting,
@@ -192,17 +222,53 @@ def efficiency_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
+def add_seed_option(g, default: int | None = 0, what: str = "seed of the trial noise") -> None:
+    """--seed, the same for every command (seed_arg checks the range); default None reads as 0."""
+    g.add_argument("--seed", type=seed_arg, default=default, help=f"{what}, 0..2**63-1 (default {default or 0})")
+
+
+def seed_arg(value: str) -> int:
+    """--seed: an integer in 0..MAX_SEED, the range every command accepts (argparse says so in one line)."""
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed lies in 0..2**63-1 ({MAX_SEED}), got {value}")
+    return seed
+
+
+def add_batch_size_option(g, default: int = 32) -> None:
+    """--batch-size, the same for every command that calls the model on (candidate, trial) pairs."""
+    g.add_argument(
+        "--batch-size",
+        type=batch_size_arg,
+        default=default,
+        help=f"(label, trial) pairs per model call, or auto: the fast path's own size, else 32 (default {default})",
+    )
+
+
 def batch_size_arg(value: str) -> int | None:
-    """--batch-size: a number, or auto (None: the fast path's own size, which fills the card; else 32)."""
+    """--batch-size: a positive number, or auto (None: the fast path's own size, which fills the card; else 32)."""
     if value == "auto":
         return None
+    return positive_int(value)
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
     try:
-        return int(value)
+        n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
-
-
-def check_batch_size(n: int | None) -> int | None:
-    if n is not None and n < 1:
-        raise UserInputError(f"--batch-size must be at least 1, got {n}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return n
+
+
+def check_noise_file(path: str | None) -> None:
+    """A missing, unreadable or non-finite --noise-file fails before any model loads."""
+    if path is not None:
+        from ..noise import load_noise_file
+
+        load_noise_file(path)

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .. import figures, winoground
 from ..files import check_out_dir
-from ..report import accuracy_point, markdown_table, run_json, summarize_run, write_figures
-from ..runs import RunStore
+from .rules import print_json
+
+if TYPE_CHECKING:
+    from ..runs import RunStore
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "report",
         help="summarise run directories (finished or not)",
-        description="Top-1 (95%% Wilson interval), mean per-class accuracy (95%% normal approximation), "
+        description="Top-1 (95% Wilson interval), mean per-class accuracy (95% normal approximation), "
         "calls and seconds per image, as a markdown table; figures go into each RUN_DIR or --out.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `eval`")
@@ -33,6 +34,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import winoground
+    from ..report import markdown_table, run_json, summarize_run
+    from ..runs import RunStore
+
     if any(winoground.is_winoground_run(d) for d in args.runs):
         return run_winoground_reports(args)
     stores = [RunStore(d) for d in args.runs]
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(args.out)
     if args.json:
         for store in stores:
-            print(json.dumps(run_json(store)))
+            print_json(run_json(store))
         return 0
     print(markdown_table([summarize_run(s) for s in stores]))
     if not args.no_figures:
@@ -55,6 +60,9 @@ def write_all_figures(stores: list[RunStore], out: Path | None) -> list[Path]:
     """Each run's figures: into its directory, or into --out/NAME (NAME: the run directory's name, made
     unique when two runs share one); with --out and several runs, also one accuracy-vs-calls figure
     comparing them."""
+    from .. import figures
+    from ..report import accuracy_point, summarize_run, write_figures
+
     if out is None:
         return [path for store in stores for path in write_figures(store)]
     names = unique_names([store.dir for store in stores])
@@ -84,10 +92,12 @@ def unique_names(dirs: list[Path]) -> list[str]:
 
 def run_winoground_reports(args: argparse.Namespace) -> int:
     """Winoground run directories (written by `winoground --out`): their score tables, or their JSON."""
+    from .. import winoground
+
     summaries = [winoground.summarize_run(d) for d in args.runs]  # a run of another kind fails here, first
     for run_dir, scorers in zip(args.runs, summaries):
         if args.json:
-            print(json.dumps({"run": run_dir, **winoground.results_json(scorers)}))
+            print_json({"run": run_dir, **winoground.results_json(scorers)})
         else:
             print(f"## {run_dir}\n")
             print("\n".join(winoground.markdown_table(s) for s in scorers))

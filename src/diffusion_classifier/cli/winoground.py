@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+from typing import TYPE_CHECKING
 
 from ..errors import UserInputError
-from ..matching import DiffusionMatcher
-from ..runs import RunStore, Shard, barrier, claim_in_turn, end_group, exit_code, start_group
-from ..winoground import (
-    WinogroundConfig,
-    check_run_dir,
-    claim,
-    markdown_table,
-    open_winoground,
-    results_json,
-    run_winoground,
-    summarize,
-)
 from .match import add_scorer_options, scorers_from_args
-from .options import add_image_options, image_options_from_args
+from .options import add_image_options, image_options_from_args, positive_int
+from .rules import error, exit_code, print_json, show_progress
+
+if TYPE_CHECKING:
+    from ..runs import Shard
+    from ..winoground import WinogroundConfig
 
 
 def add_parser(sub) -> None:
@@ -30,22 +22,24 @@ def add_parser(sub) -> None:
         description="Scores each (image, caption) pair by minus the mean error over t in range(K // 2, 1000, K), "
         "the i-th timestep with noise i, the same noise for all four pairs (Li et al. 2023). Winoground is gated "
         "on the hub: accept its terms and `hf auth login`, or pass --data-dir with a local copy. Run it under "
-        "`torchrun --nproc-per-node=N -m diffusion_classifier winoground --out DIR ...` to shard the examples.",
+        "`torchrun --nproc-per-node=N -m diffusion_classifier winoground --out DIR ...` to shard the examples. "
+        "An example whose images cannot be read is reported and counted apart (exit 1).",
     )
     p.add_argument(
         "--data-dir", default=None, help="a local copy: examples.jsonl + images/, or a datasets save_to_disk folder"
     )
-    p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples")
     add_image_options(p)
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="keep per-example records here; rerun to resume")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object (nothing else on stdout)")
     add_scorer_options(p, t_interval=1)  # the published command evaluates all 1000 timesteps
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise UserInputError(f"--limit must be at least 1, got {args.limit}")
+    from ..runs import Shard, end_group, start_group
+    from ..winoground import markdown_table, open_winoground, results_json
+
     shard = Shard.from_env()
     if shard.world_size > 1 and args.out is None:
         raise UserInputError("a run over several processes needs --out: each process writes its records there")
@@ -54,39 +48,51 @@ def run(args: argparse.Namespace) -> int:
     args.device = shard.device(args.device)
     grouped = start_group(shard)
     try:
-        summaries = score(args, data, shard, grouped)
+        summaries, failures = score(args, data, shard, grouped)
     finally:
         end_group(grouped)
     if shard.rank != 0:
         return 0
+    for failure in failures:
+        error(failure)
     if args.json:
-        print(json.dumps(results_json(summaries)))
+        print_json(results_json(summaries))
     else:
         for s in summaries:
             print(markdown_table(s))
-    return exit_code(summaries[0].overall.n, summaries[0].failed)
+    failed = summaries[0].failed  # an example that fails, fails for every scorer
+    return exit_code(summaries[0].overall.n, failed)
 
 
-def score(args: argparse.Namespace, data, shard: Shard, grouped: bool) -> list:
-    """Lock and claim the run directory, score this shard's examples; every scorer's summary of the whole run."""
+def score(args: argparse.Namespace, data, shard: Shard, grouped: bool) -> tuple[list, list[str]]:
+    """Lock and claim the run directory, score this shard's examples; every scorer's summary of the whole run,
+    and a line for each failed example."""
+    from ..runs import RunStore, barrier, claim_in_turn
+    from ..winoground import check_run_dir, claim, run_winoground, summarize
+
     n = len(data) if args.limit is None else min(args.limit, len(data))
+    progress = show_progress(args)
     if args.out is None:
         scorers = scorers_from_args(args)
-        records = run_winoground(data, scorers, None, args.limit, progress=sys.stderr.isatty(), shard=shard)
-        return [summarize(records, s.name, n) for s in scorers]
-    store = RunStore(args.out)
-    check_run_dir(store)  # --out writable, an earlier run readable: before any model loads
-    with store.lock(shard):
-        scorers = scorers_from_args(args)
-        config = make_config(args, data.source, n, scorers)
-        claim_in_turn(shard, grouped, lambda: claim(store, config))
-        run_winoground(data, scorers, store, args.limit, progress=sys.stderr.isatty(), shard=shard)
-        barrier(grouped)  # every shard's records are on disk before rank 0 summarises
-    records = {i: r for i, r in store.records().items() if i < n}
-    return [summarize(records, s.name, n) for s in scorers]
+        records = run_winoground(data, scorers, None, args.limit, progress=progress, shard=shard)
+    else:
+        store = RunStore(args.out)
+        check_run_dir(store)  # --out writable, an earlier run readable: before any model loads
+        with store.lock(shard):
+            scorers = scorers_from_args(args)
+            config = make_config(args, data.source, n, scorers)
+            claim_in_turn(shard, grouped, lambda: claim(store, config))
+            run_winoground(data, scorers, store, args.limit, progress=progress, shard=shard)
+            barrier(grouped)  # every shard's records are on disk before rank 0 summarises
+        records = {i: r for i, r in store.records().items() if i < n}
+    failures = [f"Winoground example {r['id']}: {r.get('error')}" for r in records.values() if r["status"] != "ok"]
+    return [summarize(records, s.name, n) for s in scorers], failures
 
 
 def make_config(args: argparse.Namespace, source: str, n: int, scorers) -> WinogroundConfig:
+    from ..matching import DiffusionMatcher
+    from ..winoground import WinogroundConfig
+
     diffusion = next((s for s in scorers if isinstance(s, DiffusionMatcher)), None)
     return WinogroundConfig(
         data=source,

@@ -17,13 +17,15 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
 from ..errors import UserInputError
-from .images import DEFAULT_OPTIONS, ImageOptions, load_image
 from .prompts import published_prompts, read_text
+
+if TYPE_CHECKING:  # numpy-heavy: the CLI reads HUB_DATASETS before it parses arguments
+    from .images import ImageOptions
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ def open_dataset(
     data_dir: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
-    image_options: ImageOptions = DEFAULT_OPTIONS,
+    image_options: ImageOptions | None = None,
 ) -> EvalDataset:
     """A dataset by name: builtin:mnist, folder:PATH, one of HUB_DATASETS, a save_to_disk folder or a hub id.
 
@@ -188,7 +190,7 @@ def _builtin_mnist(split: str) -> EvalDataset:
     )
 
 
-def _folder(name: str, root: Path, image_options: ImageOptions) -> EvalDataset:
+def _folder(name: str, root: Path, image_options: ImageOptions | None) -> EvalDataset:
     """One subfolder of images per class; the label is the subfolder's name."""
     files, classes, ids = _class_folders(root)
     identity, sizes = folder_identity(root, files)
@@ -220,7 +222,9 @@ def _is_class_folders(path: Path) -> bool:
     return path.is_dir() and not any((path / f).is_file() for f in saved)
 
 
-def _local_class_folders(name: str, spec: HubSpec, split: str, root: Path, image_options: ImageOptions) -> EvalDataset:
+def _local_class_folders(
+    name: str, spec: HubSpec, split: str, root: Path, image_options: ImageOptions | None
+) -> EvalDataset:
     """A named dataset from a local folder of class folders (e.g. ImageNet val by wnid, ObjectNet's images/)."""
     files, names, raw = _class_folders(root)
     prompts = published_prompts(name)
@@ -257,10 +261,12 @@ def table_identity(name: str, source: str, split: str, ds: Any, rows: int) -> di
     }
 
 
-def decode_image(source: Any, image_options: ImageOptions = DEFAULT_OPTIONS, name: str | None = None) -> Image.Image:
+def decode_image(source: Any, image_options: ImageOptions | None = None, name: str | None = None) -> Image.Image:
     """A dataset image in RGB: torchvision's datasets (ImageFolder, Pets, Food, ...) convert each image to RGB
     when they open it, before the official transforms resize and crop; any failure raises (the runner records it)."""
-    return load_image(source, image_options, name=name).convert("RGB")
+    from .images import DEFAULT_OPTIONS, load_image
+
+    return load_image(source, image_options or DEFAULT_OPTIONS, name=name).convert("RGB")
 
 
 def crop_border(img: Image.Image, pixels: int) -> Image.Image:
@@ -303,7 +309,7 @@ def _hf(
     data_dir: str | None,
     image_column: str | None,
     label_column: str | None,
-    image_options: ImageOptions,
+    image_options: ImageOptions | None,
 ) -> EvalDataset:
     datasets = _import_datasets()
     spec = HUB_DATASETS.get(name)

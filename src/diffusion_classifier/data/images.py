@@ -23,12 +23,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import UserInputError
+from ..names import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:  # torch loads on first use: the CLI reads this module before it parses arguments
     import torch
-
-#: PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS at its default): over it PIL refuses to open a file.
-DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 
 @dataclass(frozen=True)

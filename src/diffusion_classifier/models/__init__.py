@@ -41,17 +41,38 @@ def builtin_names() -> list[str]:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """cuda if available, else mps, else cpu, unless asked."""
+    """cuda if available, else mps, else cpu, unless asked; a device this machine lacks is a UserInputError."""
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
-        raise UserInputError(f"unknown device {device!r}; use cpu, cuda or mps") from None
+        raise UserInputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    check_device(dev, str(device))
+    return dev
+
+
+def check_device(dev: torch.device, name: str) -> None:
+    """Refuse what torch would only fail on later (in the first model call, with a traceback)."""
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserInputError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise UserInputError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif dev.type == "mps":
+        if not _mps_available():
+            raise UserInputError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise UserInputError(f"unsupported device {name!r}; use cpu, cuda, cuda:N or mps")
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

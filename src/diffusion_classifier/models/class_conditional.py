@@ -28,6 +28,7 @@ from ..data.images import center_crop, check_aspect, load_image, resize_short_si
 from ..data.prompts import shown
 from ..errors import UserInputError
 from ..files import read_json_object
+from ..names import DIT_NETWORKS
 from ..schedules import Full, get_schedule
 from . import Family, register_family
 from .base import DiffusionAdapter
@@ -204,7 +205,7 @@ def dit_labels(id2label: dict[str, str] | None, num_classes: int) -> tuple[list[
 
 #: What DiTModel runs: "original" the facebookresearch/DiT network (the published numbers), "diffusers" the port.
 DiTNetwork = Literal["original", "diffusers"]
-DIT_NETWORKS: tuple[str, ...] = get_args(DiTNetwork)
+assert get_args(DiTNetwork) == DIT_NETWORKS  # the CLI offers names.DIT_NETWORKS before torch loads
 
 
 def check_dit_network(network: str) -> None:
