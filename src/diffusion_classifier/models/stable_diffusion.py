@@ -10,6 +10,7 @@ import torch
 
 from ..data.images import reference_transform
 from ..errors import UserInputError
+from ..forward_process import DDPMProcess
 from . import Family, register_family
 from .base import DiffusionAdapter
 
@@ -28,6 +29,7 @@ class StableDiffusionModel(DiffusionAdapter):
         self.name = name
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         self._alphas_cumprod = scheduler.alphas_cumprod.float().cpu()
+        self.forward_process = DDPMProcess(self._alphas_cumprod, self.prediction_type)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_size = image_size or unet.config.sample_size * self.vae_scale_factor
         if self.image_size % self.vae_scale_factor:
@@ -90,10 +92,7 @@ class StableDiffusionModel(DiffusionAdapter):
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         out = self.unet(x_t, t, encoder_hidden_states=cond).sample
-        if self.prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) x_t
-            a = self._alphas_cumprod.to(out.device)[t].view(-1, 1, 1, 1)
-            out = a.sqrt() * out.float() + (1 - a).sqrt() * x_t.float()
-        return out
+        return self.forward_process.prediction(out, x_t, t)
 
     def describe(self) -> dict[str, Any]:
         return {
