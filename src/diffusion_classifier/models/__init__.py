@@ -20,11 +20,16 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: detect(folder) says whether a folder holds one; load builds its adapter."""
+    """A model family: detect(folder) says whether a folder holds one; load builds its adapter.
+
+    options: the keyword arguments of load beyond dtype and device (unet, lora, ...); any other given is an error.
+    """
 
     name: str
     detect: Callable[[Path], bool]
     load: Callable[..., DiffusionAdapter]
+    options: frozenset[str] = frozenset({"image_size"})
+    description: str = ""
 
 
 FAMILIES: dict[str, Family] = {}
@@ -109,10 +114,15 @@ def load_adapter(
     _import_families()
     path = resolve_model_path(model)
     dev = resolve_device(device)
+    given = {k: v for k, v in kwargs.items() if v is not None}
     for family in FAMILIES.values():
         if family.detect(path):
+            unsupported = sorted(set(given) - family.options)
+            if unsupported:
+                flags = ", ".join("--" + k.replace("_", "-") for k in unsupported)
+                raise UserInputError(f"{flags}: not supported by {family.name} models; leave it out")
             log.info("loading %s as %s", path, family.name)
-            return family.load(path, dtype=resolve_dtype(dtype, dev), device=dev, **kwargs)
+            return family.load(path, dtype=resolve_dtype(dtype, dev), device=dev, **given)
     raise UserInputError(
         f"{model}: no supported model found there (expected a diffusers pipeline folder with model_index.json, "
         f"or a class-conditional model folder); families: {', '.join(FAMILIES)}"
@@ -121,4 +131,4 @@ def load_adapter(
 
 def _import_families() -> None:
     """Import the family modules so they register themselves (kept lazy: diffusers is slow to import)."""
-    from . import class_conditional, stable_diffusion  # noqa: F401
+    from . import class_conditional, sdxl, stable_diffusion  # noqa: F401
