@@ -131,4 +131,4 @@ def load_adapter(
 
 def _import_families() -> None:
     """Import the family modules so they register themselves (kept lazy: diffusers is slow to import)."""
-    from . import class_conditional, sdxl, stable_diffusion  # noqa: F401
+    from . import class_conditional, sd3, sdxl, stable_diffusion  # noqa: F401
