@@ -72,8 +72,25 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def resolve_alias(model: str) -> str:
+    """The hub id of a short name (aliases.ALIASES), unless a local folder has that name; else model unchanged."""
+    from .aliases import ALIASES
+
+    alias = ALIASES.get(model)
+    if alias is None or Path(model).exists():
+        return model
+    _import_families()
+    if alias.family not in FAMILIES:
+        raise UserInputError(
+            f"{model} ({alias.hub_id}) is a {alias.family} model, which this version cannot load yet; "
+            f"supported families: {', '.join(FAMILIES)} (see `diffusion-classifier models`)"
+        )
+    return alias.hub_id
+
+
 def resolve_model_path(model: str) -> Path:
-    """A local folder for a builtin name, a folder path, or a hub id (from the local cache when offline)."""
+    """A local folder for a builtin name, an alias, a folder path, or a hub id (from the local cache when offline)."""
+    model = resolve_alias(model)
     if model.startswith("builtin:"):
         name = model.split(":", 1)[1]
         path = BUILTIN_DIR / name
@@ -98,7 +115,9 @@ def _snapshot(repo_id: str) -> Path:
         return Path(
             snapshot_download(
                 repo_id,
-                allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model", "tokenizer*", "*merges*", "*vocab*"],
+                # the pipeline's component folders only: no top-level single-file checkpoints, no fp16 duplicates
+                allow_patterns=["*.json", "*.txt", "*/*.safetensors", "*.model", "tokenizer*", "*merges*", "*vocab*"],
+                ignore_patterns=["*.fp16.*", "*non_ema*"],
                 local_files_only=offline,
             )
         )
@@ -127,6 +146,19 @@ def load_adapter(
         f"{model}: no supported model found there (expected a diffusers pipeline folder with model_index.json, "
         f"or a class-conditional model folder); families: {', '.join(FAMILIES)}"
     )
+
+
+def model_catalog() -> dict[str, list[dict]]:
+    """Every registered family (name, description, load options) and every alias (hub id, family, supported)."""
+    from .aliases import ALIASES
+
+    _import_families()
+    families = [{"name": f.name, "description": f.description, "options": sorted(f.options)} for f in FAMILIES.values()]
+    aliases = [
+        {"name": n, "hub_id": a.hub_id, "family": a.family, "note": a.note, "supported": a.family in FAMILIES}
+        for n, a in ALIASES.items()
+    ]
+    return {"families": families, "aliases": aliases}
 
 
 def _import_families() -> None:
