@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffusion_classifier.cli import main
-from tiny_models import build_tiny_sdxl
+from tiny_models import build_tiny_sd3, build_tiny_sdxl
 
 pytest.importorskip("peft")
 
@@ -18,8 +18,8 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
-def save_random_lora(pipe_cls, folder, out, seed: int, text_encoders=("text_encoder",)):
-    """A rank-4 LoRA with random (non-zero) weights on the UNet's attention and the text encoders, saved the way
+def save_random_lora(pipe_cls, folder, out, seed: int, text_encoders=("text_encoder",), denoiser="unet"):
+    """A rank-4 LoRA with random (non-zero) weights on the denoiser's attention and the text encoders, saved the way
     diffusers' training scripts save one (pipeline.save_lora_weights)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
@@ -27,8 +27,9 @@ def save_random_lora(pipe_cls, folder, out, seed: int, text_encoders=("text_enco
 
     pipe = pipe_cls.from_pretrained(folder)
     torch.manual_seed(seed)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=UNET_TARGETS, init_lora_weights=False))
-    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))}
+    net = getattr(pipe, denoiser)
+    net.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=UNET_TARGETS, init_lora_weights=False))
+    layers = {f"{denoiser}_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(net))}
     for name in text_encoders:
         encoder = getattr(pipe, name)
         encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=TEXT_TARGETS, init_lora_weights=False))
@@ -88,6 +89,17 @@ def test_sdxl_lora_file_equals_the_lora_fused_by_diffusers(image_files, tmp_path
     ours = errors_json(capsys, image_files[1], folder, "--lora", weights_file, "--lora-scale", "0.8")
     assert_errors_close(ours, errors_json(capsys, image_files[1], fused))
     assert_errors_differ(ours, errors_json(capsys, image_files[1], folder))
+
+
+def test_sd3_transformer_lora_equals_the_lora_fused_by_diffusers(image_files, tmp_path, capsys):
+    from diffusers import StableDiffusion3Pipeline
+
+    folder = build_tiny_sd3(tmp_path / "sd3", seed=6)
+    lora = save_random_lora(StableDiffusion3Pipeline, folder, tmp_path / "lora", 33, (), denoiser="transformer")
+    fused = fused_copy(StableDiffusion3Pipeline, folder, lora, 1.0, tmp_path / "fused")
+    ours = errors_json(capsys, image_files[0], folder, "--lora", lora)
+    assert_errors_close(ours, errors_json(capsys, image_files[0], fused))
+    assert_errors_differ(ours, errors_json(capsys, image_files[0], folder))
 
 
 def test_unet_swaps_in_another_unet(tiny_sd_path, image_files, tmp_path, capsys):
