@@ -114,4 +114,4 @@ def test_a_folder_without_t5_equals_no_t5(sd3_path, image_files, tmp_path):
 def test_sd3_rejects_sd_only_options(sd3_path, image_files, capsys):
     code = main(["classify", str(image_files[0]), "--model", str(sd3_path), "--labels", "a", "b", "--unet", "x"])
     err = capsys.readouterr().err
-    assert code == 2 and "--unet: not supported by sd3 models" in err
+    assert code == 2 and "--unet applies to stable-diffusion, sdxl models only, not sd3 ones" in err

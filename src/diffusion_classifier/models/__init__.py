@@ -138,14 +138,20 @@ def load_adapter(
         if family.detect(path):
             unsupported = sorted(set(given) - family.options)
             if unsupported:
-                flags = ", ".join("--" + k.replace("_", "-") for k in unsupported)
-                raise UserInputError(f"{flags}: not supported by {family.name} models; leave it out")
+                raise unsupported_option(unsupported[0], family.name)
             log.info("loading %s as %s", path, family.name)
             return family.load(path, dtype=resolve_dtype(dtype, dev), device=dev, **given)
     raise UserInputError(
         f"{model}: no supported model found there (expected a diffusers pipeline folder with model_index.json, "
         f"or a class-conditional model folder); families: {', '.join(FAMILIES)}"
     )
+
+
+def unsupported_option(option: str, family: str) -> UserInputError:
+    """The error for a load option (unet, no_t5, ...) that the detected family does not take."""
+    takers = [f.name for f in FAMILIES.values() if option in f.options]
+    flag = "--" + option.replace("_", "-")
+    return UserInputError(f"{flag} applies to {', '.join(takers)} models only, not {family} ones: leave it out")
 
 
 def model_catalog() -> dict[str, list[dict]]:

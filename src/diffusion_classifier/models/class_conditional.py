@@ -301,6 +301,10 @@ register_family(
 )
 register_family(
     Family(
-        "dit", is_dit_folder, DiTModel.from_pretrained, description="DiT-XL/2 ImageNet classes (epsilon, learned sigma)"
+        "dit",
+        is_dit_folder,
+        DiTModel.from_pretrained,
+        options=frozenset({"image_size", "dit_network"}),
+        description="DiT-XL/2, ImageNet classes (epsilon, learned sigma), 256 / 512 px",
     )
 )
