@@ -40,6 +40,7 @@ REQUIRED = {
     "match": ["--images", "x.png", "--captions", "c"],
     "bench": ["--random-weights", "tiny"],
     "train": ["--out", "o"],
+    "models": [],
 }
 SEEDED = ["classify", "demo", "eval", "calibrate", "winoground", "match", "train"]
 BATCHED = ["classify", "demo", "eval", "calibrate", "winoground", "match"]  # (label, trial) pairs per call
@@ -143,7 +144,12 @@ def test_match_exits_1_with_a_bad_image_and_2_with_no_good_one(tiny_sd_path, ima
 
 
 #: a malformed value for each command
-BAD_VALUE = {**{c: ["--seed", "x"] for c in SEEDED}, "report": ["--json=yes"], "bench": ["--iters", "x"]}
+BAD_VALUE = {
+    **{c: ["--seed", "x"] for c in SEEDED},
+    "report": ["--json=yes"],
+    "bench": ["--iters", "x"],
+    "models": ["--json=yes"],
+}
 
 
 def argument_errors() -> list[list[str]]:

@@ -392,7 +392,7 @@ def test_dit_network_on_another_model_is_refused(tmp_path, image, capsys):
     build_tiny_class_unet(tmp_path)
     argv = ["classify", str(image), "--model", str(tmp_path), "--device", "cpu", "--dit-network", "diffusers"]
     assert main(argv) == 2
-    assert "--dit-network applies to DiT models only" in capsys.readouterr().err
+    assert "--dit-network applies to dit models only" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main([*argv[:-1], "dit2"])  # not a choice
     assert exit_.value.code == 2

@@ -1,9 +1,10 @@
 """The Diffusion Classifier estimator: shared trials (t, eps), batched noise-prediction errors, the ledger.
 
-Notation (SPEC.md §1): x0 the clean latent, eps ~ N(0, I) the trial noise, alpha_bar[t] the training
-schedule, x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps, and the per-trial error
-loss(eps, eps_theta(x_t, t, c)) averaged over latent elements. A candidate's score is minus its mean
-error; every candidate sees the same (t, eps) pairs, so their differences carry little Monte-Carlo noise.
+Notation (SPEC.md §1): x0 the clean latent, eps ~ N(0, I) the trial noise, t a timestep index, x_t the
+model's forward process at t (forward_process.py; DDPM: x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps),
+and the per-trial error loss(eps, eps_theta(x_t, t, c)) averaged over latent elements (precisely: loss between
+the process's target and the model's prediction). A candidate's score is minus its mean error; every candidate
+sees the same (t, eps) pairs, so their differences carry little Monte-Carlo noise.
 
 This module knows tensors and numbers only: the model is any DiffusionAdapter-like object.
 """
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserInputError
+from .forward_process import q_sample  # noqa: F401  (its home before the forward processes; re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,6 @@ class Trial(NamedTuple):
 
     t: int
     noise_index: int
-
-
-def q_sample(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, with alpha_bar_t of shape (B,)."""
-    a = alpha_bar_t.view(-1, *([1] * (eps.ndim - 1)))
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
 
 def per_sample_loss(eps: torch.Tensor, eps_pred: torch.Tensor, loss: Loss = "l2") -> torch.Tensor:
@@ -87,16 +83,16 @@ def model_error_fn(
     synchronisation per call); errors that are not finite (fp16 overflow) are redone with model.safe().
     """
     size = batch_size or getattr(model, "batch_size", None) or 32
-    alpha_bar = model.alphas_cumprod.to(model.device)
+    process = model.forward_process.to(model.device)
     x0 = x0.to(model.device, torch.float32)
 
     def batch_errors(m, batch: Sequence[Pair]) -> torch.Tensor:
         """The errors of one model call with adapter m, left on its device."""
         t = to_device(torch.tensor([p.trial.t for p in batch]), m.device)
         eps = to_device(noise[[p.trial.noise_index for p in batch]], m.device)
-        x_t = q_sample(x0, eps, alpha_bar[t])
+        x_t = process.q_sample(x0, eps, t)
         c = cond[to_device(torch.tensor([p.candidate for p in batch]), cond.device)]
-        return per_sample_loss(eps, m.predict_noise(x_t.to(m.dtype), t, c), loss)
+        return per_sample_loss(process.target(x0, eps), m.predict_noise(x_t.to(m.dtype), t, c), loss)
 
     def run(m, pairs: Sequence[Pair], progress: Callable[[int], None] | None) -> torch.Tensor:
         parts = []

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .errors import UserInputError
+from .forward_process import ForwardProcess
 from .models.base import DiffusionAdapter
 from .names import COMPILE_MODES
 
@@ -143,6 +144,10 @@ class FastModel(DiffusionAdapter):
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         return self.inner.alphas_cumprod
+
+    @property
+    def forward_process(self) -> ForwardProcess:
+        return self.inner.forward_process
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

@@ -30,7 +30,7 @@ WEIGHTINGS: tuple[str, ...] = ("uniform", "exp")
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 #: models.random_weights.ARCHITECTURES: published denoisers that `bench --random-weights` builds
-ARCHITECTURES: tuple[str, ...] = ("sd2-base", "sd15", "dit-xl-2-256", "tiny")
+ARCHITECTURES: tuple[str, ...] = ("sd2-base", "sd15", "dit-xl-2-256", "sdxl-base", "sd3-medium", "tiny")
 
 #: models.class_conditional: which DiT network runs (the original facebookresearch/DiT, or diffusers' port)
 DIT_NETWORKS: tuple[str, ...] = ("original", "diffusers")

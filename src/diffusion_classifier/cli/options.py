@@ -44,6 +44,29 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
         default=None,
         help="DiT models: the original DiT network the published numbers come from (default), or diffusers' port",
     )
+    w = p.add_argument_group("own weights and model variants (docs/models.md)")
+    w.add_argument("--unet", default=None, metavar="PATH", help="a fine-tuned UNet instead of the model's (SD, SDXL)")
+    w.add_argument("--transformer", default=None, metavar="PATH", help="a fine-tuned transformer instead (SD3)")
+    w.add_argument("--lora", default=None, metavar="PATH_OR_ID", help="LoRA weights fused into the model (needs peft)")
+    w.add_argument("--lora-scale", type=float, default=None, metavar="S", help="the LoRA's scale (default 1.0)")
+    w.add_argument("--no-t5", action="store_true", help="SD3: leave the T5 text encoder out (less memory)")
+    w.add_argument("--flow-error", choices=["eps", "velocity"], default=None, help="SD3: the error's space (eps)")
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """The load options of add_model_options beyond model, dtype and device (None: not given)."""
+    if args.lora_scale is not None and args.lora is None:
+        raise UserInputError("--lora-scale needs --lora")
+    return {
+        "image_size": args.image_size,
+        "unet": args.unet,
+        "transformer": args.transformer,
+        "lora": args.lora,
+        "lora_scale": args.lora_scale,
+        "no_t5": args.no_t5 or None,
+        "flow_error": args.flow_error,
+        "dit_network": args.dit_network,
+    }
 
 
 def add_image_options(p: argparse.ArgumentParser) -> None:
@@ -88,17 +111,9 @@ def load_classifier(args: argparse.Namespace, device: str | None = None) -> Diff
     """The diffusion classifier of add_model_options' flags: the one place the CLI loads one (--fast included)."""
     from ..pipeline import DiffusionClassifier
 
-    clf = DiffusionClassifier.from_pretrained(
-        args.model,
-        torch_dtype=args.dtype,
-        device=device or args.device,
-        image_size=args.image_size,
-        fast=args.fast,
-        **({"dit_network": args.dit_network} if args.dit_network else {}),  # other families take no such option
+    return DiffusionClassifier.from_pretrained(
+        args.model, torch_dtype=args.dtype, device=device or args.device, fast=args.fast, **model_kwargs(args)
     )
-    if args.dit_network and getattr(clf.model, "network", None) is None:
-        raise UserInputError(f"--dit-network applies to DiT models only; {args.model} is not one: leave it out")
-    return clf
 
 
 def add_label_options(p: argparse.ArgumentParser) -> None:

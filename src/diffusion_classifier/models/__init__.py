@@ -21,11 +21,16 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: detect(folder) says whether a folder holds one; load builds its adapter."""
+    """A model family: detect(folder) says whether a folder holds one; load builds its adapter.
+
+    options: the keyword arguments of load beyond dtype and device (unet, lora, ...); any other given is an error.
+    """
 
     name: str
     detect: Callable[[Path], bool]
     load: Callable[..., DiffusionAdapter]
+    options: frozenset[str] = frozenset({"image_size"})
+    description: str = ""
 
 
 FAMILIES: dict[str, Family] = {}
@@ -89,8 +94,25 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def resolve_alias(model: str) -> str:
+    """The hub id of a short name (aliases.ALIASES), unless a local folder has that name; else model unchanged."""
+    from .aliases import ALIASES
+
+    alias = ALIASES.get(model)
+    if alias is None or Path(model).exists():
+        return model
+    _import_families()
+    if alias.family not in FAMILIES:
+        raise UserInputError(
+            f"{model} ({alias.hub_id}) is a {alias.family} model, which this version cannot load yet; "
+            f"supported families: {', '.join(FAMILIES)} (see `diffusion-classifier models`)"
+        )
+    return alias.hub_id
+
+
 def resolve_model_path(model: str) -> Path:
-    """A local folder for a builtin name, a folder path, or a hub id (from the local cache when offline)."""
+    """A local folder for a builtin name, an alias, a folder path, or a hub id (from the local cache when offline)."""
+    model = resolve_alias(model)
     if model.startswith("builtin:"):
         name = model.split(":", 1)[1]
         path = BUILTIN_DIR / name
@@ -115,7 +137,9 @@ def _snapshot(repo_id: str) -> Path:
         return Path(
             snapshot_download(
                 repo_id,
-                allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model", "tokenizer*", "*merges*", "*vocab*"],
+                # the pipeline's component folders only: no top-level single-file checkpoints, no fp16 duplicates
+                allow_patterns=["*.json", "*.txt", "*/*.safetensors", "*.model", "tokenizer*", "*merges*", "*vocab*"],
+                ignore_patterns=["*.fp16.*", "*non_ema*"],
                 local_files_only=offline,
             )
         )
@@ -132,10 +156,14 @@ def load_adapter(
     path = resolve_model_path(model)
     check_config_files(path)
     dev = resolve_device(device)
+    given = {k: v for k, v in kwargs.items() if v is not None}
     for family in FAMILIES.values():
         if family.detect(path):
+            unsupported = sorted(set(given) - family.options)
+            if unsupported:
+                raise unsupported_option(unsupported[0], family.name)
             log.info("loading %s as %s", path, family.name)
-            return family.load(path, dtype=resolve_dtype(dtype, dev), device=dev, **kwargs)
+            return family.load(path, dtype=resolve_dtype(dtype, dev), device=dev, **given)
     raise UserInputError(
         f"{model}: no supported model found there (expected a diffusers pipeline folder with model_index.json, "
         f"or a class-conditional model folder); families: {', '.join(FAMILIES)}"
@@ -149,6 +177,26 @@ def check_config_files(path: Path) -> None:
         read_json_object(found, fix="the model folder is damaged: download or save it again")
 
 
+def unsupported_option(option: str, family: str) -> UserInputError:
+    """The error for a load option (unet, no_t5, ...) that the detected family does not take."""
+    takers = [f.name for f in FAMILIES.values() if option in f.options]
+    flag = "--" + option.replace("_", "-")
+    return UserInputError(f"{flag} applies to {', '.join(takers)} models only, not {family} ones: leave it out")
+
+
+def model_catalog() -> dict[str, list[dict]]:
+    """Every registered family (name, description, load options) and every alias (hub id, family, supported)."""
+    from .aliases import ALIASES
+
+    _import_families()
+    families = [{"name": f.name, "description": f.description, "options": sorted(f.options)} for f in FAMILIES.values()]
+    aliases = [
+        {"name": n, "hub_id": a.hub_id, "family": a.family, "note": a.note, "supported": a.family in FAMILIES}
+        for n, a in ALIASES.items()
+    ]
+    return {"families": families, "aliases": aliases}
+
+
 def _import_families() -> None:
     """Import the family modules so they register themselves (kept lazy: diffusers is slow to import)."""
-    from . import class_conditional, stable_diffusion  # noqa: F401
+    from . import class_conditional, sd3, sdxl, stable_diffusion  # noqa: F401

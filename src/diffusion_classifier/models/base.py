@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
 
+from ..forward_process import DDPMProcess, ForwardProcess
+
 
 class DiffusionAdapter(ABC):
-    """What the estimator needs from a conditional diffusion model trained with the eps objective.
+    """What the estimator needs from a conditional diffusion model.
 
-    Notation: x0 is the clean (latent) sample, alpha_bar[t] the training schedule's cumulative
-    product, x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps, and predict_noise returns
-    eps_theta(x_t, t, c). Every family quirk (VAE scaling, text encoding, learned sigma, class ids)
-    stays inside the adapter.
+    Notation: x0 is the clean (latent) sample, t in {0, ..., T-1} a timestep index, and the model's
+    forward_process (forward_process.py) forms x_t from (x0, eps, t) and says what the error compares:
+    loss(forward_process.target(x0, eps), predict_noise(x_t, t, c)). For a DDPM model trained with the eps
+    objective, x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps and predict_noise returns
+    eps_theta(x_t, t, c). Every family quirk (VAE scaling, text encoding, learned sigma, class ids,
+    v or flow outputs converted to eps) stays inside the adapter.
     """
 
     #: "text": conditions are prompts; "class": conditions are class names of the model.
@@ -27,9 +32,14 @@ class DiffusionAdapter(ABC):
     denoiser_attr: str | None = None
 
     @property
-    @abstractmethod
     def alphas_cumprod(self) -> torch.Tensor:
-        """alpha_bar[t] for t = 0..T-1, float32 on the CPU."""
+        """alpha_bar[t] for t = 0..T-1, float32 on the CPU (DDPM families; a flow model has none)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a DDPM model: it has no alpha_bar")
+
+    @cached_property
+    def forward_process(self) -> ForwardProcess:
+        """How x_t is formed and what the error compares; DDPM on alphas_cumprod with eps outputs unless overridden."""
+        return DDPMProcess(self.alphas_cumprod)
 
     @property
     @abstractmethod
@@ -46,11 +56,15 @@ class DiffusionAdapter(ABC):
 
     @abstractmethod
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """eps_theta(x_t, t, c) for a batch: x_t (B, C, h, w), t (B,) long, cond (B, ...)."""
+        """eps_theta(x_t, t, c) for a batch: x_t (B, C, h, w), t (B,) long, cond (B, ...).
+
+        Precisely: forward_process.prediction of the network's output, the quantity the error compares with
+        forward_process.target (eps_hat for every family, v for a flow model asked for the velocity error).
+        """
 
     @property
     def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
+        return self.forward_process.num_train_timesteps
 
     def safe(self) -> DiffusionAdapter | None:
         """The same model in a numerically safe mode (float32, eager) to redo overflowed errors; None: no fallback."""

@@ -340,5 +340,20 @@ def is_dit_folder(path: Path) -> bool:
         return False
 
 
-register_family(Family("class-unet", is_class_unet_folder, ClassUNetModel.from_pretrained))
-register_family(Family("dit", is_dit_folder, DiTModel.from_pretrained))
+register_family(
+    Family(
+        "class-unet",
+        is_class_unet_folder,
+        ClassUNetModel.from_pretrained,
+        description="class-conditional pixel UNet2DModel (epsilon), e.g. builtin:mnist",
+    )
+)
+register_family(
+    Family(
+        "dit",
+        is_dit_folder,
+        DiTModel.from_pretrained,
+        options=frozenset({"image_size", "dit_network"}),
+        description="DiT-XL/2, ImageNet classes (epsilon, learned sigma), 256 / 512 px",
+    )
+)

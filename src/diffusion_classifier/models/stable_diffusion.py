@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,9 @@ import torch
 
 from ..data.images import load_image, reference_transform
 from ..errors import UserInputError
+from ..forward_process import DDPMProcess
 from . import Family, register_family
+from ._diffusers import apply_lora, load_denoiser, load_failed, own_weights, pipeline_class
 from .base import DiffusionAdapter
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -26,8 +27,10 @@ class StableDiffusionModel(DiffusionAdapter):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.device, self.dtype = unet.device, unet.dtype
         self.name = name
+        self.own_weights: dict[str, str] = {}  # --unet / --lora / --lora-scale, recorded beside results
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         self._alphas_cumprod = scheduler.alphas_cumprod.float().cpu()
+        self.forward_process = DDPMProcess(self._alphas_cumprod, self.prediction_type)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_size = image_size or unet.config.sample_size * self.vae_scale_factor
         if self.image_size % self.vae_scale_factor:
@@ -35,9 +38,18 @@ class StableDiffusionModel(DiffusionAdapter):
 
     @classmethod
     def from_pretrained(
-        cls, path: Path, dtype: torch.dtype, device: torch.device, image_size: int | None = None, **_: Any
+        cls,
+        path: Path,
+        dtype: torch.dtype,
+        device: torch.device,
+        image_size: int | None = None,
+        unet: str | None = None,
+        lora: str | None = None,
+        lora_scale: float = 1.0,
+        **_: Any,
     ) -> StableDiffusionModel:
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        """Components from a pipeline folder; unet: a fine-tuned UNet instead of unet/; lora: fused in (scale)."""
+        from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
         from transformers import AutoTokenizer, CLIPTextModel
 
         missing = [c for c in COMPONENTS if not (path / c).is_dir()]
@@ -45,17 +57,25 @@ class StableDiffusionModel(DiffusionAdapter):
             raise UserInputError(f"model folder {path} lacks {', '.join(missing)}/: not a Stable Diffusion pipeline")
         try:
             kw = {"torch_dtype": dtype, "use_safetensors": True}
-            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
+            net = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw) if unet is None else None
             vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
             text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **kw)
             tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
             scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise UserInputError(f"cannot load Stable Diffusion from {path}: {first}") from None
-        for m in (unet, vae, text_encoder):
+            raise load_failed("Stable Diffusion", path, exc) from None
+        if unet is not None:
+            net = load_denoiser(UNet2DConditionModel, unet, "unet", dtype)
+        if lora is not None:  # the pipeline object only hosts diffusers' LoRA loader; it shares the modules
+            pipe = StableDiffusionPipeline(
+                vae, text_encoder, tokenizer, net, scheduler, None, None, requires_safety_checker=False
+            )
+            apply_lora(pipe, lora, lora_scale)
+        for m in (net, vae, text_encoder):
             m.to(device).eval().requires_grad_(False)
-        return cls(unet, vae, text_encoder, tokenizer, scheduler, image_size=image_size, name=str(path))
+        model = cls(net, vae, text_encoder, tokenizer, scheduler, image_size=image_size, name=str(path))
+        model.own_weights = own_weights(("unet", unet), lora, lora_scale)
+        return model
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
@@ -90,10 +110,7 @@ class StableDiffusionModel(DiffusionAdapter):
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         out = self.unet(x_t, t, encoder_hidden_states=cond).sample
-        if self.prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) x_t
-            a = self._alphas_cumprod.to(out.device)[t].view(-1, 1, 1, 1)
-            out = a.sqrt() * out.float() + (1 - a).sqrt() * x_t.float()
-        return out
+        return self.forward_process.prediction(out, x_t, t)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -102,18 +119,22 @@ class StableDiffusionModel(DiffusionAdapter):
             "image_size": self.image_size,
             "dtype": str(self.dtype).removeprefix("torch."),
             "prediction_type": self.prediction_type,
+            **self.own_weights,
         }
 
 
 def is_stable_diffusion_folder(path: Path) -> bool:
-    index = path / "model_index.json"
-    if not index.is_file():
-        return False
-    try:
-        cls_name = json.loads(index.read_text()).get("_class_name", "")
-    except (json.JSONDecodeError, OSError):
-        return False
-    return cls_name.startswith("StableDiffusion") and "XL" not in cls_name
+    """SD 1.x / 2.x pipelines (StableDiffusionPipeline and its img2img/inpaint siblings), not SDXL or SD3."""
+    cls_name = pipeline_class(path)
+    return cls_name.startswith("StableDiffusion") and not cls_name.startswith(("StableDiffusionXL", "StableDiffusion3"))
 
 
-register_family(Family("stable-diffusion", is_stable_diffusion_folder, StableDiffusionModel.from_pretrained))
+register_family(
+    Family(
+        "stable-diffusion",
+        is_stable_diffusion_folder,
+        StableDiffusionModel.from_pretrained,
+        options=frozenset({"image_size", "unet", "lora", "lora_scale"}),
+        description="Stable Diffusion 1.x / 2.x (epsilon or v_prediction), 512 or 768 px",
+    )
+)
