@@ -23,6 +23,7 @@ COMMANDS = [
     "match",  # the score matrix of images x captions (matching.py)
     "bench",  # throughput: reference setting vs fast path (throughput.py, fast.py)
     "train",  # the class-conditional MNIST model (training.py)
+    "serve",  # the web page (web/)
 ]
 
 
