@@ -27,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
     from ..web import require_gradio, serve
 
     require_gradio()  # before the model loads
-    serve(load_classifier(args), host=args.host, port=args.port, share=args.share)
+    serve(load_classifier(args), host=args.host, port=args.port, share=args.share, model_name=args.model)
     return 0

@@ -26,17 +26,23 @@ def require_gradio() -> None:
         raise UserInputError('the web page needs Gradio: pip install "diffusion-classifier[web]"') from None
 
 
-def build_demo(classifier: DiffusionClassifier, title: str = "Diffusion Classifier") -> gr.Blocks:
+def build_demo(classifier: DiffusionClassifier, title: str = "Diffusion Classifier", model_name: str = "") -> gr.Blocks:
     """The page around one loaded classifier, as a gr.Blocks app (queued; mount it or launch it)."""
     require_gradio()
     from .app import build_demo as build
 
-    return build(classifier, title)
+    return build(classifier, title, model_name)
 
 
-def serve(classifier: DiffusionClassifier, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+def serve(
+    classifier: DiffusionClassifier,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    model_name: str = "",
+) -> None:
     """Serve the page of a loaded classifier until interrupted (share: also through a public Gradio link)."""
-    demo = build_demo(classifier)
+    demo = build_demo(classifier, model_name=model_name)
     demo.launch(server_name=host, server_port=port, share=share, ssr_mode=False, mcp_server=False)
 
 
