@@ -78,11 +78,14 @@ def read_prompts_csv(path: str | Path) -> Candidates:
         rows = list(csv.DictReader(f))
     if not rows or not {"prompt", "classname"} <= set(rows[0]):
         raise UserInputError(f"prompts file {path} needs a header with columns prompt,classname")
-    prompts = [r["prompt"] for r in rows]
+    # A row repeated whole is kept once (the published ImageNet table lists 'missile' and 'sunglasses' twice);
+    # one prompt for two classes is ambiguous.
+    pairs = list(dict.fromkeys((r["prompt"], r["classname"]) for r in rows))
+    prompts = [p for p, _ in pairs]
     dup = sorted({p for p in prompts if prompts.count(p) > 1})
     if dup:
-        raise UserInputError(f"duplicate prompt {dup[0]!r} in {path}")
-    return Candidates(tuple(r["classname"] for r in rows), tuple(prompts))
+        raise UserInputError(f"prompt {dup[0]!r} stands for two classes in {path}")
+    return Candidates(tuple(c for _, c in pairs), tuple(prompts))
 
 
 def published_prompts(dataset: str) -> Path:

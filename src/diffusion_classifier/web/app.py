@@ -25,7 +25,7 @@ def image_upload() -> gr.Image:
 
     The preprocess is replaced on the instance: a gr.Image subclass would make Gradio write a .pyi stub
     beside this module at import time."""
-    image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="dc-image")
+    image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", height=240, elem_id="dc-image")
     decode = image.preprocess
 
     def path_unread(payload: Any) -> str | None:
@@ -80,6 +80,7 @@ def build_demo(classifier: DiffusionClassifier, title: str = "Diffusion Classifi
                 )
                 preset = gr.Dropdown(preset_names(page.class_names), value=default_preset, label="Labels from")
                 template = gr.Textbox(
+                    value="",
                     label="Template with {} for the label (empty: 'a photo of a {}.'; presets use their published "
                     "prompts)",
                     visible=page.text_model,
@@ -93,21 +94,25 @@ def build_demo(classifier: DiffusionClassifier, title: str = "Diffusion Classifi
                 button = gr.Button("Classify", variant="primary", elem_id="dc-classify")
             with gr.Column():
                 outputs = [
-                    gr.Markdown(elem_id="dc-message"),
+                    gr.Markdown(label="message", elem_id="dc-message"),
                     gr.Label(num_top_classes=TOP, label="Labels, ranked (probability)", elem_id="dc-label"),
-                    gr.Markdown(elem_id="dc-race"),
-                    gr.Markdown(elem_id="dc-stats"),
-                    gr.Plot(label="Mean error against timestep (top) and the gap to the winner (bottom)"),
+                    gr.Markdown(label="race", elem_id="dc-race"),
+                    gr.Markdown(label="summary", elem_id="dc-stats"),
+                    gr.Plot(
+                        label="Mean error against timestep (top) and the gap to the winner (bottom)", elem_id="dc-plot"
+                    ),
                     gr.Image(label="What the model sees", height=140, interactive=False, elem_id="dc-seen"),
                 ]
 
-        upload_tab.select(lambda: UPLOAD, outputs=source, queue=False)
-        sketch_tab.select(lambda: SKETCH, outputs=source, queue=False)
-        preset.input(lambda p: "\n".join(preset_labels(p, page.class_names)), inputs=preset, outputs=labels)
-        labels.input(lambda: TYPED, outputs=preset, queue=False)  # edited labels are typed labels
+        private = {"api_visibility": "private"}  # page mechanics, not API endpoints
+        upload_tab.select(lambda: UPLOAD, outputs=source, queue=False, **private)
+        sketch_tab.select(lambda: SKETCH, outputs=source, queue=False, **private)
+        preset.input(lambda p: "\n".join(preset_labels(p, page.class_names)), inputs=preset, outputs=labels, **private)
+        labels.input(lambda: TYPED, outputs=preset, queue=False, **private)  # edited labels are typed labels
 
-        def classify(*values):
-            for update in classify_updates(classifier, page, Form(*values)):
+        def classify(source, image, sketch, labels, preset, template, schedule, seed):  # names: the API's
+            form = Form(source, image, sketch, labels, preset, template, schedule, seed)
+            for update in classify_updates(classifier, page, form):
                 if "warning" in update:
                     gr.Warning(update["warning"])
                 yield [update.get(key, gr.update()) for key in OUTPUTS]

@@ -29,6 +29,7 @@ def error_figure(errors: dict[str, dict[str, list]], T: int, k: int = 4, bins: i
     fig = Figure(figsize=(6.4, 5.2))
     top, bottom = fig.subplots(2, 1, sharex=True)
     winner = np.asarray(errors[keys[0]]["values"], dtype=np.float64)
+    bottom.axhline(0.0, color="black", linewidth=0.8)  # the winner itself
     for key in keys:
         t = np.asarray(errors[key]["timesteps"], dtype=np.float64)
         v = np.asarray(errors[key]["values"], dtype=np.float64)
@@ -38,7 +39,6 @@ def error_figure(errors: dict[str, dict[str, list]], T: int, k: int = 4, bins: i
     top.set_yscale("log")
     top.set_ylabel("mean error")
     top.legend(fontsize=8)
-    bottom.axhline(0.0, color="black", linewidth=0.8)
     bottom.set_ylabel(f"error - {keys[0]}'s")
     bottom.set_xlabel("timestep t")
     for ax in (top, bottom):
