@@ -19,9 +19,9 @@ from PIL import Image
 
 from diffusion_classifier.data import mnist as mnist_data
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.pipeline import DiffusionClassifier
+from diffusion_classifier.pipeline import DiffusionClassifier, RaceEvent
 from diffusion_classifier.schedules import Staged, count_calls, get_schedule
-from diffusion_classifier.web.handler import SKETCH, UPLOAD, Form, classify_updates, page_of
+from diffusion_classifier.web.handler import SKETCH, UPLOAD, Form, classify_updates, page_of, race
 from diffusion_classifier.web.inputs import (
     MODEL_CLASSES,
     TYPED,
@@ -89,6 +89,40 @@ def test_race_events_report_labels_still_in_and_calls(mnist, digits, schedule):
     assert errs == sorted(errs)  # best first
     if isinstance(schedule, Staged):
         assert sizes == [10, 3]
+
+
+def fake_race(rounds: int, calls: list, fail: bool = False):
+    """A call(callback) like the classifier's: `rounds` rounds of events, then a result (or an error)."""
+
+    def call(callback):
+        for i in range(rounds):
+            calls.append(i)
+            callback(RaceEvent(remaining={"a": 0.0}, calls=i + 1, max_calls=rounds))
+            time.sleep(0.001)
+        if fail:
+            raise UserInputError("bad")
+        return "result"
+
+    return call
+
+
+def test_race_streams_events_then_the_result_and_raises_the_error():
+    items = list(race(fake_race(5, [])))
+    assert items[-1] == "result" and all(isinstance(e, RaceEvent) for e in items[:-1]) and len(items) >= 2
+    assert [e.calls for e in items[:-1]] == sorted(e.calls for e in items[:-1])
+    with pytest.raises(UserInputError, match="bad"):
+        list(race(fake_race(3, [], fail=True)))
+
+
+def test_closing_the_race_stops_the_call():
+    calls = []
+    stream = race(fake_race(100_000, calls))
+    next(stream)
+    stream.close()  # the visitor left
+    time.sleep(0.2)
+    stopped_at = len(calls)
+    time.sleep(0.2)
+    assert len(calls) == stopped_at < 100_000
 
 
 # ---- what the inputs mean ---------------------------------------------------------------------------------
@@ -377,4 +411,4 @@ def test_api_through_gradio_client(server, digits):
     out = client.predict(image=handle_file(str(digits["5"])), labels="3, 5, 8", preset=TYPED, api_name="/classify")
     assert out[1]["label"] == "5" and {c["label"] for c in out[1]["confidences"]} == {"3", "5", "8"}
     bad = client.predict(image=handle_file(str(digits["5"])), labels="", preset=TYPED, api_name="/classify")
-    assert "no labels" in bad[0] and bad[1] is None
+    assert "no labels" in bad[0] and not bad[1]  # a message, and no ranking

@@ -90,7 +90,7 @@ def build_demo(classifier: DiffusionClassifier, title: str = "Diffusion Classifi
                     schedule = gr.Dropdown(
                         schedule_names(), value="racing", label="Schedule (racing, or a published one by name)"
                     )
-                    seed = gr.Number(value=0, precision=0, label="Seed of the trial noise")
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed of the trial noise")
                 button = gr.Button("Classify", variant="primary", elem_id="dc-classify")
             with gr.Column():
                 outputs = [

@@ -81,45 +81,60 @@ def shown(image: Image.Image, at_least: int = 112) -> Image.Image:
     return image if factor <= 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
+class Stopped(Exception):
+    """Raised in the worker when the page stopped listening (the visitor left): the race ends there."""
+
+
 def race(call: Callable[[Callable[[RaceEvent], None]], ClassificationResult]) -> Iterator[RaceEvent | Any]:
     """Run call(callback) in a thread; yield its RaceEvents as they come (the latest when several wait),
-    then its result. Its exception is raised here, in the caller's thread."""
+    then its result. Its exception is raised here, in the caller's thread. Closing this generator early
+    stops the call at its next round, so an abandoned request does not keep the model busy."""
     events: queue.Queue = queue.Queue()
-    done = object()
+    done, stop = object(), threading.Event()
     outcome: dict[str, Any] = {}
+
+    def callback(event: RaceEvent) -> None:
+        if stop.is_set():
+            raise Stopped
+        events.put(event)
 
     def work() -> None:
         try:
-            outcome["result"] = call(events.put)
+            outcome["result"] = call(callback)
         except BaseException as exc:  # handed to the generator, which raises it where the page reports it
             outcome["error"] = exc
         events.put(done)
 
     threading.Thread(target=work, daemon=True).start()
-    while True:
-        item = events.get()
-        while item is not done and not events.empty():  # skip stale rounds: the page shows the latest
+    try:
+        while True:
             item = events.get()
-        if item is done:
-            break
-        yield item
+            while item is not done and not events.empty():  # skip stale rounds: the page shows the latest
+                item = events.get()
+            if item is done:
+                break
+            yield item
+    finally:
+        stop.set()
     if "error" in outcome:
         raise outcome["error"]
     yield outcome["result"]
 
 
+def some(items: list[str], n: int = 40) -> str:
+    """The first n items, space-separated, and how many more there are."""
+    return " ".join(items[:n]) + (f" … and {len(items) - n} more" if len(items) > n else "")
+
+
 def race_markdown(event: RaceEvent, all_labels: list[str]) -> str:
     """Labels still in (best first, with their mean error so far), those already out, calls so far."""
-    still = " · ".join(f"**{label}** {err:.4f}" for label, err in event.remaining.items())
-    out = [label for label in all_labels if label not in event.remaining]
+    out = [f"~~{label}~~" for label in all_labels if label not in event.remaining]
     lines = [
         f"**Race:** {len(event.remaining)} of {len(all_labels)} labels still in, "
         f"{event.calls:,} model calls so far (at most {event.max_calls:,})",
-        f"Still in (mean error so far): {still}",
+        "Still in (mean error so far): " + some([f"**{label}** {err:.4f}" for label, err in event.remaining.items()]),
     ]
-    if out:
-        lines.append("Out: " + " ".join(f"~~{label}~~" for label in out[:50]) + (" …" if len(out) > 50 else ""))
-    return "\n\n".join(lines)
+    return "\n\n".join(lines + ([f"Out: {some(out)}"] if out else []))
 
 
 def finish_markdown(result: ClassificationResult, cands: Candidates) -> str:
@@ -128,10 +143,10 @@ def finish_markdown(result: ClassificationResult, cands: Candidates) -> str:
     for key, label in zip(cands.keys(), cands.labels):  # a label with several prompts: its longest-running one
         trials[label] = max(trials[label], len(result.errors[key]["values"]))
     out = sorted((x for x in trials if x != result.prediction), key=lambda x: -trials[x])
-    dropped = " ".join(f"~~{x}~~ ({trials[x]})" for x in out[:50]) + (" …" if len(out) > 50 else "")
     return (
         f"**Race finished:** **{result.prediction}** won after {trials[result.prediction]} trials "
-        f"and {result.calls:,} model calls." + (f"\n\nOut (trials when dropped): {dropped}" if out else "")
+        f"and {result.calls:,} model calls."
+        + (f"\n\nOut (trials when dropped): {some([f'~~{x}~~ ({trials[x]})' for x in out])}" if out else "")
     )
 
 
