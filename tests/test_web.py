@@ -358,7 +358,7 @@ def only_local(requested: list[str], server_url: str) -> list[str]:
 def test_browser_classifies_a_held_out_digit(page, server, digits, truth):
     assert classify_in_page(page, digits[truth]) == truth
     assert "Race finished" in page.locator("#dc-race").inner_text()
-    assert page.locator("#dc-seen img").count() == 1  # what the model saw
+    assert page.locator("#dc-seen img").count() == 1  # the image classified
     assert only_local(page.requested, server) == []  # nothing fetched from the internet
 
 

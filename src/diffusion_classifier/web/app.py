@@ -101,7 +101,7 @@ def build_demo(classifier: DiffusionClassifier, title: str = "Diffusion Classifi
                     gr.Plot(
                         label="Mean error against timestep (top) and the gap to the winner (bottom)", elem_id="dc-plot"
                     ),
-                    gr.Image(label="What the model sees", height=140, interactive=False, elem_id="dc-seen"),
+                    gr.Image(label="Image classified", height=140, interactive=False, elem_id="dc-seen"),
                 ]
 
         private = {"api_visibility": "private"}  # page mechanics, not API endpoints
