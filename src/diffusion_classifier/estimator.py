@@ -123,10 +123,17 @@ class ErrorLedger:
     given candidate (candidate-major, as the reference code packs them) and records the errors.
     """
 
-    def __init__(self, error_fn: ErrorFn, n_candidates: int, weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        error_fn: ErrorFn,
+        n_candidates: int,
+        weights: torch.Tensor | None = None,
+        on_evaluate: Callable[[ErrorLedger, Sequence[int]], None] | None = None,
+    ):
         self.error_fn = error_fn
         self.n_candidates = n_candidates
         self.weights = weights  # w[t] of the aggregate (weighting.weight_table); None = the plain mean
+        self.on_evaluate = on_evaluate  # called with (ledger, candidates) after each recorded evaluate: progress
         self.trials: list[list[Trial]] = [[] for _ in range(n_candidates)]
         self.errors: list[list[float]] = [[] for _ in range(n_candidates)]
         self.calls = 0
@@ -142,6 +149,8 @@ class ErrorLedger:
         for row, c in zip(errs.tolist(), candidates):
             self.trials[c].extend(trials)
             self.errors[c].extend(row)
+        if self.on_evaluate is not None:
+            self.on_evaluate(self, candidates)
         return errs
 
     def mean_errors(self, candidates: Sequence[int] | None = None) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,24 @@ class ClassificationResult:
         d = asdict(self)
         d.update(d.pop("extra"))
         return d
+
+
+@dataclass(frozen=True)
+class RaceEvent:
+    """Progress after one round of model calls, for a live view of the race (the web page)."""
+
+    remaining: dict[str, float]  # labels evaluated in this round -> their best candidate's mean error, best first
+    calls: int  # model calls so far
+    max_calls: int  # the schedule's calls at most (count_calls)
+
+
+def race_event(ledger: ErrorLedger, candidates: Sequence[int], cands: Candidates, max_calls: int) -> RaceEvent:
+    """The RaceEvent of a ledger that has just evaluated candidates."""
+    means = ledger.mean_errors(candidates).tolist()
+    best: dict[str, float] = {}
+    for c, m in sorted(zip(candidates, means), key=lambda cm: cm[1]):
+        best.setdefault(cands.labels[c], m)
+    return RaceEvent(remaining=best, calls=ledger.calls, max_calls=max_calls)
 
 
 def resolve_schedule(
@@ -176,6 +194,7 @@ class DiffusionClassifier:
         shortlist: str | None = None,
         shortlist_k: int = 20,
         image_options: ImageOptions = DEFAULT_OPTIONS,
+        callback: Callable[[RaceEvent], None] | None = None,
     ) -> ClassificationResult:
         """Classify one image (a path, a PIL image, or what the adapter's encode takes).
 
@@ -185,6 +204,7 @@ class DiffusionClassifier:
         temperature: divides the ELBO-scaled logits of the probabilities (default: the model's, else 1).
         shortlist: 'clip:MODEL' ranks the labels with CLIP first; only the top shortlist_k are classified.
         batch_size: pairs per model call; None lets the model choose (the fast path fills the card), else 32.
+        callback: called with a RaceEvent after each round of model calls (labels still in, calls so far).
         """
         began = time.perf_counter()
         if temperature is not None:
@@ -201,8 +221,10 @@ class DiffusionClassifier:
         x0 = self.model.encode(image)
         cond = self.conditions(cands.conditions)
         T = self.model.num_train_timesteps
+        max_calls = count_calls(sched, len(cands), T)
+        on_evaluate = None if callback is None else lambda lg, cs: callback(race_event(lg, cs, cands, max_calls))
         with tqdm(
-            total=count_calls(sched, len(cands), T),
+            total=max_calls,
             desc="model calls",
             unit="call",
             disable=not progress,
@@ -211,7 +233,7 @@ class DiffusionClassifier:
         ) as bar:
             bank = self.noise_bank(seed, noise, antithetic=getattr(sched, "antithetic", False))
             error_fn = model_error_fn(self.model, x0, cond, bank, loss, batch_size, on_batch=bar.update)
-            ledger = ErrorLedger(error_fn, len(cands), weights=weight_table(weights, T))
+            ledger = ErrorLedger(error_fn, len(cands), weights=weight_table(weights, T), on_evaluate=on_evaluate)
             sched.run(ledger, T)
         tau = temperature if temperature is not None else getattr(self.model, "default_temperature", 1.0)
         scale = elbo_scale(self.model.latent_shape, T) / tau

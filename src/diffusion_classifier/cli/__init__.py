@@ -30,6 +30,7 @@ COMMANDS = [
     "bench",  # throughput: reference setting vs fast path (throughput.py, fast.py)
     "train",  # the class-conditional MNIST model (training.py)
     "models",  # the supported model families and aliases (models/)
+    "serve",  # the web page (web/)
 ]
 
 
