@@ -41,6 +41,7 @@ REQUIRED = {
     "bench": ["--random-weights", "tiny"],
     "train": ["--out", "o"],
     "models": [],
+    "serve": [],
 }
 SEEDED = ["classify", "demo", "eval", "calibrate", "winoground", "match", "train"]
 BATCHED = ["classify", "demo", "eval", "calibrate", "winoground", "match"]  # (label, trial) pairs per call
@@ -149,6 +150,7 @@ BAD_VALUE = {
     "report": ["--json=yes"],
     "bench": ["--iters", "x"],
     "models": ["--json=yes"],
+    "serve": ["--port", "x"],
 }
 
 

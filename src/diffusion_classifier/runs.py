@@ -23,7 +23,7 @@ import sys
 import time
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import metadata
@@ -742,10 +742,18 @@ def run_eval(
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="img", disable=not progress,
                file=sys.stderr)  # fmt: skip
     with bar, store.writer(shard.rank) as writer:
-        for i in todo:
-            writer.append(classify_one(clf, job, i, shard.rank))
+        for record in classify_stream(clf, job, todo, shard.rank):
+            writer.append(record)
             bar.update()
     return len(todo)
+
+
+def classify_stream(
+    clf: DiffusionClassifier, job: EvalJob, indices: Sequence[int], rank: int
+) -> Iterator[dict[str, Any]]:
+    """The record of each dataset image in indices, yielded as each image finishes (the order may differ)."""
+    for i in indices:
+        yield classify_one(clf, job, i, rank)
 
 
 def classify_one(clf: DiffusionClassifier, job: EvalJob, i: int, rank: int) -> dict[str, Any]:
