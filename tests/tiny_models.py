@@ -130,3 +130,34 @@ def build_tiny_sd3(path, seed: int = 0, t5: bool = True):
     )  # fmt: skip
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def tiny_t5_encoder(vocab: int, d_model: int = 32):
+    """A 2-layer T5 encoder over the tiny T5 tokenizer's vocabulary."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8)  # fmt: skip
+    return T5EncoderModel(config)
+
+
+def build_tiny_pixart(path, seed: int = 0, sigma: bool = False, additional_conditions: bool = True):
+    """A tiny PixArtAlphaPipeline (or PixArtSigmaPipeline) folder: a 32-d T5, a learned-sigma transformer (4 -> 8
+    channels, patch 2) on 8 x 8 latents of 16 px images, PixArt's DPM-Solver scheduler config (linear betas)."""
+    import diffusers
+    from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        use_additional_conditions=additional_conditions,
+    )  # fmt: skip
+    tok, vocab = tiny_t5_tokenizer()
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    pipeline_cls = diffusers.PixArtSigmaPipeline if sigma else diffusers.PixArtAlphaPipeline
+    pipe = pipeline_cls(tokenizer=tok, text_encoder=tiny_t5_encoder(vocab), vae=tiny_vae(),
+                        transformer=transformer, scheduler=scheduler)  # fmt: skip
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path

@@ -1,5 +1,5 @@
-"""What the diffusers text-to-image families share: folder detection, load errors, own weights (LoRA, a
-swapped denoiser), and condition rows that carry prompt embeddings and pooled embeddings together."""
+"""What the diffusers families share: folder detection, load errors, VAE latents, learned sigma, own weights (LoRA,
+a swapped denoiser), and condition rows that carry prompt embeddings with a vector (pooled embeddings, a mask)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..data.images import load_image, reference_transform
 from ..errors import UserInputError
 
 
@@ -26,6 +27,27 @@ def load_failed(what: str, path: Path | str, exc: Exception) -> UserInputError:
     """A one-line error for a model that would not load: the library's first line says why."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
     return UserInputError(f"cannot load {what} from {path}: {first}")
+
+
+# ---- latents and outputs ----------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def vae_latent(vae: Any, image: Any, size: int, shift: bool = True) -> torch.Tensor:
+    """x0 of one image: (VAE posterior mean - shift_factor) x scaling_factor of the reference-preprocessed image.
+
+    shift=False leaves shift_factor out (families whose pipelines decode with the scaling factor alone).
+    """
+    x = reference_transform(load_image(image), size)[None].to(vae.device, vae.dtype)
+    mean, cfg = vae.encode(x).latent_dist.mean, vae.config
+    if shift:
+        mean = mean - (cfg.shift_factor or 0.0)
+    return (mean * cfg.scaling_factor)[0].float()
+
+
+def split_learned_sigma(out: torch.Tensor, channels: int) -> torch.Tensor:
+    """The eps half of a learned-sigma output (B, 2C, h, w); an eps-only output (B, C, h, w) is returned as is."""
+    return torch.split(out, channels, dim=1)[0]
 
 
 # ---- condition rows: prompt embeddings (L, D) and a pooled embedding (P,) in one tensor -------------------

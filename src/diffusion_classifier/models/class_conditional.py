@@ -31,6 +31,7 @@ from ..files import read_json_object
 from ..names import DIT_NETWORKS
 from ..schedules import Full, get_schedule
 from . import Family, register_family
+from ._diffusers import split_learned_sigma
 from .base import DiffusionAdapter
 
 UNET_CONFIG = "classifier_config.json"
@@ -323,11 +324,6 @@ class DiTModel(DiffusionAdapter):
             "image_size": self.image_size,
             "dtype": str(self.dtype).removeprefix("torch."),
         }
-
-
-def split_learned_sigma(out: torch.Tensor, channels: int) -> torch.Tensor:
-    """The eps half of a learned-sigma output (B, 2C, h, w); an eps-only output (B, C, h, w) is returned as is."""
-    return torch.split(out, channels, dim=1)[0]
 
 
 def is_dit_folder(path: Path) -> bool:

@@ -17,11 +17,19 @@ from typing import Any
 
 import torch
 
-from ..data.images import reference_transform
 from ..errors import UserInputError
 from ..forward_process import FLOW_ERRORS, FlowError, RectifiedFlow
 from . import Family, register_family
-from ._diffusers import apply_lora, load_denoiser, load_failed, own_weights, pack_pooled, pipeline_class, unpack_pooled
+from ._diffusers import (
+    apply_lora,
+    load_denoiser,
+    load_failed,
+    own_weights,
+    pack_pooled,
+    pipeline_class,
+    unpack_pooled,
+    vae_latent,
+)
 from .base import DiffusionAdapter
 
 
@@ -86,12 +94,8 @@ class StableDiffusion3Model(DiffusionAdapter):
         s = self.image_size // self.vae_scale_factor
         return (self.transformer.config.in_channels, s, s)
 
-    @torch.inference_mode()
     def encode(self, image: Any) -> torch.Tensor:
-        x = reference_transform(image, self.image_size)[None].to(self.device, self.vae.dtype)
-        cfg = self.vae.config
-        latent = (self.vae.encode(x).latent_dist.mean - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
-        return latent[0].float()
+        return vae_latent(self.vae, image, self.image_size)
 
     @torch.inference_mode()
     def condition(self, conditions: list[str]) -> torch.Tensor:
