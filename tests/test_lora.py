@@ -122,7 +122,7 @@ def test_unet_swaps_in_another_unet(tiny_sd_path, image_files, tmp_path, capsys)
         (["--lora", "someone/not-cached"], "cannot load LoRA weights"),
         (["--lora-scale", "0.5"], "--lora-scale needs --lora"),
         (["--unet", "no/such/folder/x"], "no such folder"),
-        (["--transformer", "x"], "--transformer applies to sd3 models only, not stable-diffusion ones"),
+        (["--transformer", "x"], "--transformer applies to flux, pixart, sd3 models only, not stable-diffusion ones"),
     ],
 )
 def test_bad_own_weights_are_one_line_errors(tiny_sd_path, image_files, capsys, extra, message):

@@ -161,3 +161,24 @@ def build_tiny_pixart(path, seed: int = 0, sigma: bool = False, additional_condi
                         transformer=transformer, scheduler=scheduler)  # fmt: skip
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_tiny_flux(path, seed: int = 0, guidance: bool = False):
+    """A tiny FluxPipeline folder (schnell layout; dev's with guidance=True): a 16-d CLIP (pooled 16), a 32-d T5,
+    a VAE with 4 latent channels (shift and scale as FLUX's), a transformer on 2 x 2 packed patches (16 channels)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=guidance, axes_dims_rope=[4, 4, 8],
+    )  # fmt: skip
+    vae = tiny_vae(shift_factor=0.1159, scaling_factor=0.3611)
+    tok2, vocab = tiny_t5_tokenizer()
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, text_encoder=tiny_clip_encoder(16, None),
+        tokenizer=tiny_clip_tokenizer(path / "tokenizer_src"), text_encoder_2=tiny_t5_encoder(vocab),
+        tokenizer_2=tok2, transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path

@@ -46,11 +46,11 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
     )
     w = p.add_argument_group("own weights and model variants (docs/models.md)")
     w.add_argument("--unet", default=None, metavar="PATH", help="a fine-tuned UNet instead of the model's (SD, SDXL)")
-    w.add_argument("--transformer", default=None, metavar="PATH", help="a fine-tuned transformer instead (SD3)")
+    w.add_argument("--transformer", default=None, metavar="PATH", help="a fine-tuned transformer (SD3, PixArt, FLUX)")
     w.add_argument("--lora", default=None, metavar="PATH_OR_ID", help="LoRA weights fused into the model (needs peft)")
     w.add_argument("--lora-scale", type=float, default=None, metavar="S", help="the LoRA's scale (default 1.0)")
     w.add_argument("--no-t5", action="store_true", help="SD3: leave the T5 text encoder out (less memory)")
-    w.add_argument("--flow-error", choices=["eps", "velocity"], default=None, help="SD3: the error's space (eps)")
+    w.add_argument("--flow-error", choices=["eps", "velocity"], default=None, help="SD3, FLUX: the error's space (eps)")
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:

@@ -199,4 +199,4 @@ def model_catalog() -> dict[str, list[dict]]:
 
 def _import_families() -> None:
     """Import the family modules so they register themselves (kept lazy: diffusers is slow to import)."""
-    from . import class_conditional, pixart, sd3, sdxl, stable_diffusion  # noqa: F401
+    from . import class_conditional, flux, pixart, sd3, sdxl, stable_diffusion  # noqa: F401

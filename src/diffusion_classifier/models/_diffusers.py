@@ -120,5 +120,6 @@ def apply_lora(pipe: Any, lora: str | Path, scale: float = 1.0) -> None:
         pipe.load_lora_weights(source, adapter_name="lora", **kw)
     except (OSError, ValueError, KeyError) as exc:
         raise load_failed("LoRA weights", lora, exc) from None
-    pipe.fuse_lora(lora_scale=scale, adapter_names=["lora"])
+    # every module the pipeline loads LoRA layers into (FLUX's fuse_lora would fuse its transformer's only)
+    pipe.fuse_lora(components=list(pipe._lora_loadable_modules), lora_scale=scale, adapter_names=["lora"])
     pipe.unload_lora_weights()
