@@ -163,3 +163,15 @@ def test_flux_predictions_in_python_and_rejected_options(dev_path, image_files, 
     args = ["classify", str(image_files[0]), "--model", str(dev_path), "--labels", "a", "b"]
     assert main([*args, "--no-t5"]) == 2 and "--no-t5 applies to sd3 models only" in capsys.readouterr().err
     assert main([*args, "--image-size", "18"]) == 2 and "multiple of 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 5e-2)])
+def test_flux_fast_path_agrees(dev_path, dtype, tol):
+    from dataclasses import replace
+
+    from diffusion_classifier.fast import FastConfig, FastModel
+
+    model = load_adapter(str(dev_path), device="cpu", image_size=SIZE)
+    fast = FastModel(model, replace(FastConfig.for_device("cpu"), dtype=dtype, min_bucket=4))
+    x, t, c = torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 998]), model.condition(["a", "bb", "ccc"])
+    torch.testing.assert_close(fast.predict_noise(x, t, c).float(), model.predict_noise(x, t, c), rtol=tol, atol=tol)

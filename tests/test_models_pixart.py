@@ -144,3 +144,15 @@ def test_pixart_predictions_in_python_and_rejected_options(alpha_path, image_fil
     assert main([*args, "--lora", "x"]) == 2 and "--lora applies to" in capsys.readouterr().err
     code = main([*args, "--image-size", "18"])
     assert code == 2 and "multiple of 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 5e-2)])
+def test_pixart_fast_path_agrees(alpha_path, dtype, tol):
+    from dataclasses import replace
+
+    from diffusion_classifier.fast import FastConfig, FastModel
+
+    model = load_adapter(str(alpha_path), device="cpu")
+    fast = FastModel(model, replace(FastConfig.for_device("cpu"), dtype=dtype, min_bucket=4))
+    x, t, c = torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999]), model.condition(["a", "bb", "ccc"])
+    torch.testing.assert_close(fast.predict_noise(x, t, c).float(), model.predict_noise(x, t, c), rtol=tol, atol=tol)
