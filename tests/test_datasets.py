@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 import hub_classes as hub
+from builders import imagenet_names, objectnet_folders, table_classnames
 from diffusion_classifier.data.datasets import HUB_DATASETS, _label_names, open_dataset
 from diffusion_classifier.data.prompts import published_prompts
 from diffusion_classifier.errors import UserInputError
@@ -187,35 +188,6 @@ def test_aircraft_reads_the_variant_column_not_the_family(tmp_path):
     }
 
 
-def imagenet_names() -> list[str]:
-    """ILSVRC/imagenet-1k's ClassLabel names: WordNet lemma lists in wnid order. Those at the anchors (and a
-    few more) as its classes.py spells them; the others are the table's own names (index mapping never
-    reads them)."""
-    names = [n for n in table_classnames("imagenet")]
-    known = {
-        0: "tench, Tinca tinca",
-        1: "goldfish, Carassius auratus",
-        2: "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias",
-        7: "cock",
-        657: "missile",
-        744: "projectile, missile",
-        836: "sunglass",
-        837: "sunglasses, dark glasses, shades",
-        999: "toilet tissue, toilet paper, bathroom tissue",
-    }
-    for k, n in known.items():
-        names[k] = n
-    return names
-
-
-def table_classnames(name: str) -> list[str]:
-    rows = {}
-    with published_prompts(name).open(newline="") as f:
-        for r in csv.DictReader(f):
-            rows.setdefault(int(r["classidx"]), r["classname"])
-    return [rows[i] for i in range(len(rows))]
-
-
 def test_imagenet_label_id_is_the_classidx_and_shared_names_stay_two_classes(tmp_path):
     names = imagenet_names()
     path, ids = class_label_copy(tmp_path, "imagenet", "image", "label", names)
@@ -261,19 +233,6 @@ def test_imagenet_val_in_wnid_folders(tmp_path):
     table = table_classnames("imagenet")
     assert data.labels == table  # one image per class, in class order
     assert data.image(0).size == (6, 4)
-
-
-def objectnet_folders(root, extra: tuple[str, ...] = ("air_freshener", "bathrobe")) -> list[str]:
-    """ObjectNet's images/ layout: one folder per class, 313 in the release; these hold the table's 113 classes
-    (the official folder names) and folders outside it. Each image has the release's 1-px red frame."""
-    folders = sorted([*table_classnames("objectnet"), *extra])
-    for i, c in enumerate(folders):
-        (root / c).mkdir(parents=True)
-        img = np.zeros((10, 12, 3), dtype=np.uint8)
-        img[:, :] = (255, 0, 0)
-        img[2:-2, 2:-2] = i
-        Image.fromarray(img).save(root / c / "0a1b.png")
-    return folders
 
 
 def test_objectnet_class_folders_skip_classes_outside_the_table_and_crop_the_frame(tmp_path):

@@ -40,14 +40,16 @@ class PairScorer(Protocol):
 
 
 def caption_scores(errors: torch.Tensor, n_captions: int, normalize: bool) -> torch.Tensor:
-    """Scores (n_captions,) from errors (n_conditions, n_trials): minus the mean over trials.
+    """Scores (n_captions,) from errors (n_conditions, n_trials): minus the mean over trials, float64.
 
-    normalize: the last row is the unconditional error, subtracted trial by trial first.
+    The mean is taken as run_winoground.py takes it, over each pair's float32 errors (`-errors.mean()`), so
+    the pair scores and the comparisons between them are the official ones. normalize: the last row is the
+    unconditional error, subtracted trial by trial first.
     """
-    e = errors[:n_captions]
+    e = errors[:n_captions].float()
     if normalize:
-        e = e - errors[n_captions]
-    return -e.mean(1)
+        e = e - errors[n_captions].float()
+    return torch.stack([-row.mean() for row in e]).double()
 
 
 @dataclass
@@ -78,7 +80,7 @@ class DiffusionMatcher:
         return torch.tensor(ledger.errors, dtype=torch.float64)
 
     def __call__(self, images: Sequence[Image.Image], captions: Sequence[str]) -> torch.Tensor:
-        """scores[k, j] = -mean_i error(image k, caption j, t_i, eps_i), float64."""
+        """scores[k, j] = -mean_i error(image k, caption j, t_i, eps_i) (a float32 mean, as the official), float64."""
         return torch.stack(
             [caption_scores(self.errors(img, captions), len(captions), self.normalize) for img in images]
         )
