@@ -38,10 +38,16 @@ def per_row(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class DDPMProcess:
-    """The variance-preserving process of a beta schedule; the network predicts eps or v."""
+    """The variance-preserving process of a beta schedule; the network predicts eps or v.
+
+    coefficients: (sqrt(alpha_bar), sqrt(1 - alpha_bar)) as float32 tables computed in float64, as ADM/DiT's
+    GaussianDiffusion computes them (ddpm_from_float64); None computes them in float32 from alphas_cumprod, as
+    the Stable Diffusion scripts do.
+    """
 
     alphas_cumprod: torch.Tensor  # alpha_bar[t], t = 0..T-1, float32
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    coefficients: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def parameterization(self) -> Parameterization:
@@ -52,10 +58,14 @@ class DDPMProcess:
         return len(self.alphas_cumprod)
 
     def to(self, device: torch.device | str) -> DDPMProcess:
-        return replace(self, alphas_cumprod=self.alphas_cumprod.to(device))
+        coefficients = None if self.coefficients is None else tuple(c.to(device) for c in self.coefficients)
+        return replace(self, alphas_cumprod=self.alphas_cumprod.to(device), coefficients=coefficients)
 
     def q_sample(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return q_sample(x0, eps, self.alphas_cumprod[t])
+        if self.coefficients is None:
+            return q_sample(x0, eps, self.alphas_cumprod[t])
+        sqrt_a, sqrt_1m_a = (per_row(c[t], eps) for c in self.coefficients)
+        return sqrt_a * x0 + sqrt_1m_a * eps
 
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         return t
@@ -69,6 +79,13 @@ class DDPMProcess:
 
     def target(self, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return eps
+
+
+def ddpm_from_float64(alphas_cumprod: torch.Tensor) -> DDPMProcess:
+    """The eps-prediction process of a float64 alpha_bar with float64-computed coefficient tables (ADM / DiT's
+    GaussianDiffusion: sqrt_alphas_cumprod in numpy float64, cast to float32 when gathered)."""
+    a = alphas_cumprod.double().cpu()
+    return DDPMProcess(a.float(), coefficients=(a.sqrt().float(), (1.0 - a).sqrt().float()))
 
 
 @dataclass(frozen=True, eq=False)

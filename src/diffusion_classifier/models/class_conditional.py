@@ -28,6 +28,7 @@ from ..data.images import center_crop, check_aspect, load_image, resize_short_si
 from ..data.prompts import shown
 from ..errors import UserInputError
 from ..files import read_json_object
+from ..forward_process import DDPMProcess, ddpm_from_float64
 from ..names import DIT_NETWORKS
 from ..schedules import Full, get_schedule
 from . import Family, register_family
@@ -91,6 +92,19 @@ def load_alphas_cumprod(path: Path) -> torch.Tensor:
 
     config = DDPMScheduler.load_config(path, subfolder="scheduler")
     return DDPMScheduler.from_config(config).alphas_cumprod.float().cpu()
+
+
+def load_alphas_cumprod_float64(path: Path) -> torch.Tensor:
+    """alpha_bar in float64 as ADM/DiT's GaussianDiffusion computes it (numpy float64 linear betas, scaled to
+    1000 steps) for a linear beta schedule; other schedules fall back to DDPMScheduler's float32 values."""
+    from diffusers import DDPMScheduler
+
+    config = DDPMScheduler.load_config(path, subfolder="scheduler")
+    if config.get("beta_schedule", "linear") != "linear" or config.get("trained_betas") is not None:
+        return load_alphas_cumprod(path).double()
+    T = int(config.get("num_train_timesteps", 1000))
+    betas = np.linspace(config.get("beta_start", 1e-4), config.get("beta_end", 2e-2), T, dtype=np.float64)
+    return torch.from_numpy(np.cumprod(1.0 - betas))
 
 
 def schedule_from_spec(spec: dict[str, Any] | None):
@@ -252,7 +266,8 @@ class DiTModel(DiffusionAdapter):
             use_original_dit(transformer)
         self.transformer, self.vae, self.name, self.network = transformer, vae, name, network
         self.device, self.dtype = transformer.device, transformer.dtype
-        self._alphas_cumprod = alphas_cumprod
+        self._alphas_cumprod = alphas_cumprod.float()
+        self._process = ddpm_from_float64(alphas_cumprod)  # DiT's GaussianDiffusion: float64 coefficients
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_size = transformer.config.sample_size * self.vae_scale_factor
         n = transformer.config.num_embeds_ada_norm
@@ -280,7 +295,7 @@ class DiTModel(DiffusionAdapter):
             kw = {"torch_dtype": dtype, "use_safetensors": True}
             transformer = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer", **kw)
             vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
-            alphas_cumprod = load_alphas_cumprod(path)
+            alphas_cumprod = load_alphas_cumprod_float64(path)
         except (OSError, ValueError) as exc:
             raise load_failed("DiT", path, exc) from None
         for m in (transformer, vae):
@@ -292,6 +307,10 @@ class DiTModel(DiffusionAdapter):
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         return self._alphas_cumprod
+
+    @property
+    def forward_process(self) -> DDPMProcess:
+        return self._process
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
