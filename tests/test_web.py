@@ -18,14 +18,26 @@ import pytest
 from PIL import Image
 
 from diffusion_classifier.data import mnist as mnist_data
+from diffusion_classifier.data.prompts import Candidates
 from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.pipeline import DiffusionClassifier, RaceEvent
 from diffusion_classifier.schedules import Staged, count_calls, get_schedule
-from diffusion_classifier.web.handler import SKETCH, UPLOAD, Form, classify_updates, page_of, race
+from diffusion_classifier.web.handler import (
+    SKETCH,
+    UPLOAD,
+    Form,
+    classify_updates,
+    finish_markdown,
+    page_of,
+    race,
+    race_markdown,
+    ranking,
+)
 from diffusion_classifier.web.inputs import (
     MODEL_CLASSES,
     TYPED,
     check_template,
+    class_labels,
     mnist_digit,
     parse_labels,
     preset_labels,
@@ -84,7 +96,7 @@ def test_race_events_report_labels_still_in_and_calls(mnist, digits, schedule):
     assert all(a.calls < b.calls for a, b in zip(events, events[1:]))
     assert events[-1].calls == result.calls
     assert events[0].max_calls == count_calls(get_schedule(schedule)[0] if isinstance(schedule, str) else schedule, 10)
-    assert result.prediction in events[-1].remaining
+    assert result.prediction_index in events[-1].remaining  # classes by index: two may share a name
     errs = list(events[-1].remaining.values())
     assert errs == sorted(errs)  # best first
     if isinstance(schedule, Staged):
@@ -97,7 +109,7 @@ def fake_race(rounds: int, calls: list, fail: bool = False):
     def call(callback):
         for i in range(rounds):
             calls.append(i)
-            callback(RaceEvent(remaining={"a": 0.0}, calls=i + 1, max_calls=rounds))
+            callback(RaceEvent(remaining={0: 0.0}, calls=i + 1, max_calls=rounds))
             time.sleep(0.001)
         if fail:
             raise UserInputError("bad")
@@ -149,20 +161,19 @@ def test_presets_come_from_the_bundled_prompt_tables():
     assert preset_labels("CIFAR-10", None)[:2] == ["airplane", "automobile"]
     assert len(preset_labels("CIFAR-10", None)) == len(preset_labels("STL-10", None)) == 10
     assert len(preset_labels("Pets", None)) == 37
-    assert len(preset_labels("ImageNet", None)) == 998  # the published table repeats two rows whole
+    imagenet = preset_labels("ImageNet", None)
+    assert len(imagenet) == len(set(imagenet)) == 1000  # one unique label per class
+    assert imagenet[:2] == ["tench", "goldfish"]  # a class's name where it is the only one of that name
+    assert [imagenet[k] for k in (657, 744, 836, 837)] == ["657:missile", "744:missile", "836:sunglasses",
+                                                           "837:sunglasses"]  # fmt: skip
     assert preset_labels(MODEL_CLASSES, ["a", "b"]) == ["a", "b"]
     assert preset_labels(TYPED, ["a", "b"]) == []
 
 
-def test_a_prompts_table_keeps_a_repeated_row_once(tmp_path):
-    from diffusion_classifier.data.prompts import read_prompts_csv
-
-    table = tmp_path / "p.csv"
-    table.write_text("prompt,classname\na cat.,cat\na dog.,dog\na cat.,cat\n")
-    assert read_prompts_csv(table).conditions == ("a cat.", "a dog.")
-    table.write_text("prompt,classname\na cat.,cat\na cat.,dog\n")
-    with pytest.raises(UserInputError, match="stands for two classes"):
-        read_prompts_csv(table)
+def test_classes_that_share_a_name_are_shown_with_their_index():
+    assert class_labels({3: "cat", 657: "missile", 744: "missile"}) == {3: "cat", 657: "657:missile",
+                                                                         744: "744:missile"}  # fmt: skip
+    assert class_labels({0: "cat", 1: "dog"}) == {0: "cat", 1: "dog"}
 
 
 def drawn_layer(digit: Image.Image, scale: int = 10, color=(255, 255, 255)) -> np.ndarray:
@@ -261,6 +272,34 @@ def test_a_text_model_uses_templates_and_the_published_prompts(tiny_sd_path, ima
     assert set(typed[-1]["label"]) == {"cat", "dog"}
     preset = list(classify_updates(clf, page, form(upload=str(image_files[0]), preset="CIFAR-10", labels="")))
     assert set(preset[-1]["label"]) == set(preset_labels("CIFAR-10", None))  # the table's prompts, typed text unused
+
+
+def test_two_classes_that_share_a_name_stay_two_labels(tiny_sd_path, image_files):
+    """The published ImageNet table's two "missile" classes (657, 744): one prompt, two classes, two labels."""
+    clf = DiffusionClassifier.from_pretrained(tiny_sd_path, device="cpu")
+    missile = "a photo of a missile."
+    cands = Candidates(("missile", "cat", "missile"), (missile, "a photo of a cat.", missile), (657, 3, 744))
+    events = []
+    result = clf(image_files[0], prompts=cands, schedule=Staged((4, 8), (2, 1)), callback=events.append)
+    labels = class_labels(cands.class_names)
+    assert list(events[0].remaining) != [] and set(events[0].remaining) == {657, 3, 744}  # the race keys by index
+    assert set(ranking(result, labels)) == {"657:missile", "744:missile", "cat"}
+    first = race_markdown(events[0], labels)
+    assert "**657:missile**" in first and "**744:missile**" in first and "3 of 3 labels still in" in first
+    finish = finish_markdown(result, cands, labels)
+    assert finish.startswith(f"**Race finished:** **{labels[result.prediction_index]}** won after 8 trials")
+    assert finish.count("~~") == 4  # the two others, each struck out once
+
+
+@pytest.mark.slow
+def test_the_imagenet_preset_races_a_thousand_classes(tiny_sd_path, image_files):
+    clf = DiffusionClassifier.from_pretrained(tiny_sd_path, device="cpu")
+    updates = list(classify_updates(clf, page_of(clf), form(upload=str(image_files[0]), preset="ImageNet")))
+    assert updates[1]["race"].startswith("**Race:** 1000 of 1000 labels still in")
+    final = updates[-1]
+    assert list(final["label"]) and set(final["label"]) == set(preset_labels("ImageNet", None))
+    assert {"657:missile", "744:missile", "tench"} <= set(final["label"])
+    assert final["stats"].startswith(f"**Prediction: {max(final['label'], key=final['label'].get)}**")
 
 
 # ---- the running server: headless Chromium and gradio_client ------------------------------------------------
