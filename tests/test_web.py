@@ -4,6 +4,7 @@ and the running server in headless Chromium (Playwright, the system browser) and
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.pipeline import DiffusionClassifier, RaceEvent
 from diffusion_classifier.schedules import Staged, count_calls, get_schedule
 from diffusion_classifier.web.handler import (
+    OUTPUTS,
     SKETCH,
     UPLOAD,
     Form,
@@ -47,6 +49,7 @@ from diffusion_classifier.web.plot import error_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "docs" / "figures" / "serve.png"
+WAIT_MS = 30_000  # what the page has not shown in 30 s it will not show: a broken page fails then, not later
 BROWSER_HELP = (
     "the browser tests need Debian's chromium: apt-get update && apt-get install -y chromium "
     "(.ci/run does this), or set CHROMIUM to a Chromium executable"
@@ -229,6 +232,7 @@ def test_a_request_streams_the_race_then_the_ranking(mnist, digits):
     races = [u["race"] for u in updates[1:-1]]
     assert races and all("still in" in r for r in races)
     final = updates[-1]
+    assert set(updates[0]) == set(final) == set(OUTPUTS)  # the first and the last update are whole
     assert max(final["label"], key=final["label"].get) == "5" and set(final["label"]) == {"3", "5", "8"}
     assert final["race"].startswith("**Race finished:** **5** won")
     assert "model calls" in final["stats"] and len(final["plot"].axes) == 2
@@ -360,13 +364,15 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
-    """A fresh page on the server; every request it makes is recorded (page.requested)."""
+    """A fresh page on the server; every request it makes is recorded (page.requested). Every wait on it
+    gives up after WAIT_MS."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context.set_default_timeout(WAIT_MS)
     pg = context.new_page()
     pg.requested = []
     pg.on("request", lambda r: pg.requested.append(r.url))
     pg.goto(server)
-    pg.get_by_role("button", name="Classify").wait_for(timeout=60_000)
+    pg.get_by_role("button", name="Classify").wait_for()
     yield pg
     context.close()
 
@@ -374,15 +380,25 @@ def page(browser, server):
 def upload(pg, image: Path) -> None:
     """Upload a file into the image input and wait until the page shows it (its URL names the file)."""
     pg.locator("#dc-image input[type=file]").set_input_files(str(image))
-    pg.locator(f"#dc-image img[src*='{image.name}']").wait_for(timeout=30_000)
+    pg.locator(f"#dc-image img[src*='{image.name}']").wait_for()
 
 
 def classify_in_page(pg, image: Path | None = None) -> str:
-    """Upload an image (when given), press Classify, and return the predicted label the page shows."""
+    """Upload an image (when given), press Classify, and return the predicted label the page shows; when the
+    page shows a message instead, fail with it at once."""
+    from playwright.sync_api import expect
+
     if image is not None:
         upload(pg, image)
+    message = pg.locator("#dc-message")
+    stale = message.inner_text().strip() != ""
     pg.get_by_role("button", name="Classify").click()
-    pg.locator("#dc-stats", has_text="Prediction").wait_for(timeout=120_000)
+    if stale:  # a previous request's message, until this request's first update clears it
+        expect(message).to_have_text("")
+    said = message.filter(has_text=re.compile(r"\S"))
+    pg.locator("#dc-stats", has_text="Prediction").or_(said).first.wait_for()
+    if said.count():
+        pytest.fail(f"the page says {said.inner_text().strip()!r} instead of a prediction")
     return pg.locator("#dc-label [data-testid=label-output-value]").inner_text().strip()
 
 
@@ -406,7 +422,7 @@ def test_browser_broken_file_shows_a_message_and_the_server_keeps_serving(page, 
     upload(page, broken_file)
     page.get_by_role("button", name="Classify").click()
     message = page.locator("#dc-message", has_text="Cannot classify")
-    message.wait_for(timeout=60_000)
+    message.wait_for()
     assert "cannot read 'broken.png' as an image" in message.inner_text()
     assert "Traceback" not in page.content()
     assert classify_in_page(page, digits["7"]) == "7"
@@ -429,10 +445,10 @@ def draw(pg, strokes: list[list[tuple[float, float]]]) -> None:
 @pytest.mark.slow
 def test_browser_classifies_a_drawn_digit(page, server):
     page.get_by_role("tab", name="Draw").click()
-    page.locator("#dc-sketch canvas").first.wait_for(timeout=30_000)
+    page.locator("#dc-sketch canvas").first.wait_for()
     draw(page, [[(-0.22, -0.3), (0.22, -0.3), (-0.03, 0.33)]])  # a 7: the bar, then the stem
     assert classify_in_page(page) == "7"
-    page.locator("#dc-plot img, #dc-plot canvas, #dc-plot svg").first.wait_for(timeout=30_000)
+    page.locator("#dc-plot img, #dc-plot canvas, #dc-plot svg").first.wait_for()
     if os.environ.get("DC_WRITE_SCREENSHOT") == "1":  # README's figure
         page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert only_local(page.requested, server) == []
@@ -444,10 +460,11 @@ def test_api_through_gradio_client(server, digits):
 
     client = Client(server, verbose=False)
     outputs = client.predict(image=handle_file(str(digits["1"])), api_name="/classify")
-    _message, label, race, summary, _plot, _seen = outputs
+    message, label, race, summary, _plot, _seen = outputs
+    assert message == "", message  # a failed request says why here, and has no ranking
     assert label["label"] == "1" and "Prediction: 1" in summary and "Race finished" in race
     assert {c["label"] for c in label["confidences"]} <= {str(d) for d in range(10)}
     out = client.predict(image=handle_file(str(digits["5"])), labels="3, 5, 8", preset=TYPED, api_name="/classify")
-    assert out[1]["label"] == "5" and {c["label"] for c in out[1]["confidences"]} == {"3", "5", "8"}
+    assert out[0] == "" and out[1]["label"] == "5" and {c["label"] for c in out[1]["confidences"]} == {"3", "5", "8"}
     bad = client.predict(image=handle_file(str(digits["5"])), labels="", preset=TYPED, api_name="/classify")
     assert "no labels" in bad[0] and not bad[1]  # a message, and no ranking

@@ -174,8 +174,9 @@ def figure(result: ClassificationResult, T: int):
 
 def classify_updates(classifier: DiffusionClassifier, page: Page, form: Form) -> Iterator[dict[str, Any]]:
     """Page updates for one request: the model's input, then the race round by round, then the ranking,
-    the summary and the figure. Bad input ends in one update whose message says what is wrong, and clears
-    the previous result so that no stale ranking stands next to it."""
+    the summary and the figure. The first and the last update name every output (an API client gets the last
+    one whole). Bad input ends in one update whose message says what is wrong, and clears the previous result
+    so that no stale ranking stands next to it."""
     try:
         image = the_image(form.source, form.upload, form.sketch, page)
         template = check_template(form.template, page.text_model)
@@ -185,17 +186,20 @@ def classify_updates(classifier: DiffusionClassifier, page: Page, form: Form) ->
         schedule, loss = choose_schedule(form.schedule, getattr(classifier.model, "default_schedule", None))
         seed = int(form.seed or 0)
         labels = class_labels(cands.class_names)
-        yield {"message": "", "label": None, "race": "", "stats": "", "plot": None, "seen": shown(image)}
+        seen = shown(image)
+        yield {"message": "", "label": None, "race": "", "stats": "", "plot": None, "seen": seen}
         kwargs = {"prompts": cands, "schedule": schedule, "loss": loss, "seed": seed}
         for item in race(lambda callback: classifier(image, callback=callback, **kwargs)):
             if isinstance(item, RaceEvent):
                 yield {"race": race_markdown(item, labels)}
             else:
                 yield {
+                    "message": "",
                     "label": ranking(item, labels),
                     "race": finish_markdown(item, cands, labels),
                     "stats": summary(item, labels, form.schedule, loss, seed),
                     "plot": figure(item, classifier.model.num_train_timesteps),
+                    "seen": seen,
                 }
     except UserInputError as exc:
         yield failed("Cannot classify", str(exc))
