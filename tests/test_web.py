@@ -4,6 +4,7 @@ and the running server in headless Chromium (Playwright, the system browser) and
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,14 +19,27 @@ import pytest
 from PIL import Image
 
 from diffusion_classifier.data import mnist as mnist_data
+from diffusion_classifier.data.prompts import Candidates
 from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.pipeline import DiffusionClassifier, RaceEvent
 from diffusion_classifier.schedules import Staged, count_calls, get_schedule
-from diffusion_classifier.web.handler import SKETCH, UPLOAD, Form, classify_updates, page_of, race
+from diffusion_classifier.web.handler import (
+    OUTPUTS,
+    SKETCH,
+    UPLOAD,
+    Form,
+    classify_updates,
+    finish_markdown,
+    page_of,
+    race,
+    race_markdown,
+    ranking,
+)
 from diffusion_classifier.web.inputs import (
     MODEL_CLASSES,
     TYPED,
     check_template,
+    class_labels,
     mnist_digit,
     parse_labels,
     preset_labels,
@@ -35,6 +49,7 @@ from diffusion_classifier.web.plot import error_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "docs" / "figures" / "serve.png"
+WAIT_MS = 30_000  # what the page has not shown in 30 s it will not show: a broken page fails then, not later
 BROWSER_HELP = (
     "the browser tests need Debian's chromium: apt-get update && apt-get install -y chromium "
     "(.ci/run does this), or set CHROMIUM to a Chromium executable"
@@ -84,7 +99,7 @@ def test_race_events_report_labels_still_in_and_calls(mnist, digits, schedule):
     assert all(a.calls < b.calls for a, b in zip(events, events[1:]))
     assert events[-1].calls == result.calls
     assert events[0].max_calls == count_calls(get_schedule(schedule)[0] if isinstance(schedule, str) else schedule, 10)
-    assert result.prediction in events[-1].remaining
+    assert result.prediction_index in events[-1].remaining  # classes by index: two may share a name
     errs = list(events[-1].remaining.values())
     assert errs == sorted(errs)  # best first
     if isinstance(schedule, Staged):
@@ -97,7 +112,7 @@ def fake_race(rounds: int, calls: list, fail: bool = False):
     def call(callback):
         for i in range(rounds):
             calls.append(i)
-            callback(RaceEvent(remaining={"a": 0.0}, calls=i + 1, max_calls=rounds))
+            callback(RaceEvent(remaining={0: 0.0}, calls=i + 1, max_calls=rounds))
             time.sleep(0.001)
         if fail:
             raise UserInputError("bad")
@@ -149,20 +164,19 @@ def test_presets_come_from_the_bundled_prompt_tables():
     assert preset_labels("CIFAR-10", None)[:2] == ["airplane", "automobile"]
     assert len(preset_labels("CIFAR-10", None)) == len(preset_labels("STL-10", None)) == 10
     assert len(preset_labels("Pets", None)) == 37
-    assert len(preset_labels("ImageNet", None)) == 998  # the published table repeats two rows whole
+    imagenet = preset_labels("ImageNet", None)
+    assert len(imagenet) == len(set(imagenet)) == 1000  # one unique label per class
+    assert imagenet[:2] == ["tench", "goldfish"]  # a class's name where it is the only one of that name
+    assert [imagenet[k] for k in (657, 744, 836, 837)] == ["657:missile", "744:missile", "836:sunglasses",
+                                                           "837:sunglasses"]  # fmt: skip
     assert preset_labels(MODEL_CLASSES, ["a", "b"]) == ["a", "b"]
     assert preset_labels(TYPED, ["a", "b"]) == []
 
 
-def test_a_prompts_table_keeps_a_repeated_row_once(tmp_path):
-    from diffusion_classifier.data.prompts import read_prompts_csv
-
-    table = tmp_path / "p.csv"
-    table.write_text("prompt,classname\na cat.,cat\na dog.,dog\na cat.,cat\n")
-    assert read_prompts_csv(table).conditions == ("a cat.", "a dog.")
-    table.write_text("prompt,classname\na cat.,cat\na cat.,dog\n")
-    with pytest.raises(UserInputError, match="stands for two classes"):
-        read_prompts_csv(table)
+def test_classes_that_share_a_name_are_shown_with_their_index():
+    assert class_labels({3: "cat", 657: "missile", 744: "missile"}) == {3: "cat", 657: "657:missile",
+                                                                         744: "744:missile"}  # fmt: skip
+    assert class_labels({0: "cat", 1: "dog"}) == {0: "cat", 1: "dog"}
 
 
 def drawn_layer(digit: Image.Image, scale: int = 10, color=(255, 255, 255)) -> np.ndarray:
@@ -218,6 +232,7 @@ def test_a_request_streams_the_race_then_the_ranking(mnist, digits):
     races = [u["race"] for u in updates[1:-1]]
     assert races and all("still in" in r for r in races)
     final = updates[-1]
+    assert set(updates[0]) == set(final) == set(OUTPUTS)  # the first and the last update are whole
     assert max(final["label"], key=final["label"].get) == "5" and set(final["label"]) == {"3", "5", "8"}
     assert final["race"].startswith("**Race finished:** **5** won")
     assert "model calls" in final["stats"] and len(final["plot"].axes) == 2
@@ -261,6 +276,34 @@ def test_a_text_model_uses_templates_and_the_published_prompts(tiny_sd_path, ima
     assert set(typed[-1]["label"]) == {"cat", "dog"}
     preset = list(classify_updates(clf, page, form(upload=str(image_files[0]), preset="CIFAR-10", labels="")))
     assert set(preset[-1]["label"]) == set(preset_labels("CIFAR-10", None))  # the table's prompts, typed text unused
+
+
+def test_two_classes_that_share_a_name_stay_two_labels(tiny_sd_path, image_files):
+    """The published ImageNet table's two "missile" classes (657, 744): one prompt, two classes, two labels."""
+    clf = DiffusionClassifier.from_pretrained(tiny_sd_path, device="cpu")
+    missile = "a photo of a missile."
+    cands = Candidates(("missile", "cat", "missile"), (missile, "a photo of a cat.", missile), (657, 3, 744))
+    events = []
+    result = clf(image_files[0], prompts=cands, schedule=Staged((4, 8), (2, 1)), callback=events.append)
+    labels = class_labels(cands.class_names)
+    assert list(events[0].remaining) != [] and set(events[0].remaining) == {657, 3, 744}  # the race keys by index
+    assert set(ranking(result, labels)) == {"657:missile", "744:missile", "cat"}
+    first = race_markdown(events[0], labels)
+    assert "**657:missile**" in first and "**744:missile**" in first and "3 of 3 labels still in" in first
+    finish = finish_markdown(result, cands, labels)
+    assert finish.startswith(f"**Race finished:** **{labels[result.prediction_index]}** won after 8 trials")
+    assert finish.count("~~") == 4  # the two others, each struck out once
+
+
+@pytest.mark.slow
+def test_the_imagenet_preset_races_a_thousand_classes(tiny_sd_path, image_files):
+    clf = DiffusionClassifier.from_pretrained(tiny_sd_path, device="cpu")
+    updates = list(classify_updates(clf, page_of(clf), form(upload=str(image_files[0]), preset="ImageNet")))
+    assert updates[1]["race"].startswith("**Race:** 1000 of 1000 labels still in")
+    final = updates[-1]
+    assert list(final["label"]) and set(final["label"]) == set(preset_labels("ImageNet", None))
+    assert {"657:missile", "744:missile", "tench"} <= set(final["label"])
+    assert final["stats"].startswith(f"**Prediction: {max(final['label'], key=final['label'].get)}**")
 
 
 # ---- the running server: headless Chromium and gradio_client ------------------------------------------------
@@ -321,13 +364,15 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
-    """A fresh page on the server; every request it makes is recorded (page.requested)."""
+    """A fresh page on the server; every request it makes is recorded (page.requested). Every wait on it
+    gives up after WAIT_MS."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context.set_default_timeout(WAIT_MS)
     pg = context.new_page()
     pg.requested = []
     pg.on("request", lambda r: pg.requested.append(r.url))
     pg.goto(server)
-    pg.get_by_role("button", name="Classify").wait_for(timeout=60_000)
+    pg.get_by_role("button", name="Classify").wait_for()
     yield pg
     context.close()
 
@@ -335,15 +380,25 @@ def page(browser, server):
 def upload(pg, image: Path) -> None:
     """Upload a file into the image input and wait until the page shows it (its URL names the file)."""
     pg.locator("#dc-image input[type=file]").set_input_files(str(image))
-    pg.locator(f"#dc-image img[src*='{image.name}']").wait_for(timeout=30_000)
+    pg.locator(f"#dc-image img[src*='{image.name}']").wait_for()
 
 
 def classify_in_page(pg, image: Path | None = None) -> str:
-    """Upload an image (when given), press Classify, and return the predicted label the page shows."""
+    """Upload an image (when given), press Classify, and return the predicted label the page shows; when the
+    page shows a message instead, fail with it at once."""
+    from playwright.sync_api import expect
+
     if image is not None:
         upload(pg, image)
+    message = pg.locator("#dc-message")
+    stale = message.inner_text().strip() != ""
     pg.get_by_role("button", name="Classify").click()
-    pg.locator("#dc-stats", has_text="Prediction").wait_for(timeout=120_000)
+    if stale:  # a previous request's message, until this request's first update clears it
+        expect(message).to_have_text("")
+    said = message.filter(has_text=re.compile(r"\S"))
+    pg.locator("#dc-stats", has_text="Prediction").or_(said).first.wait_for()
+    if said.count():
+        pytest.fail(f"the page says {said.inner_text().strip()!r} instead of a prediction")
     return pg.locator("#dc-label [data-testid=label-output-value]").inner_text().strip()
 
 
@@ -367,7 +422,7 @@ def test_browser_broken_file_shows_a_message_and_the_server_keeps_serving(page, 
     upload(page, broken_file)
     page.get_by_role("button", name="Classify").click()
     message = page.locator("#dc-message", has_text="Cannot classify")
-    message.wait_for(timeout=60_000)
+    message.wait_for()
     assert "cannot read 'broken.png' as an image" in message.inner_text()
     assert "Traceback" not in page.content()
     assert classify_in_page(page, digits["7"]) == "7"
@@ -390,10 +445,10 @@ def draw(pg, strokes: list[list[tuple[float, float]]]) -> None:
 @pytest.mark.slow
 def test_browser_classifies_a_drawn_digit(page, server):
     page.get_by_role("tab", name="Draw").click()
-    page.locator("#dc-sketch canvas").first.wait_for(timeout=30_000)
+    page.locator("#dc-sketch canvas").first.wait_for()
     draw(page, [[(-0.22, -0.3), (0.22, -0.3), (-0.03, 0.33)]])  # a 7: the bar, then the stem
     assert classify_in_page(page) == "7"
-    page.locator("#dc-plot img, #dc-plot canvas, #dc-plot svg").first.wait_for(timeout=30_000)
+    page.locator("#dc-plot img, #dc-plot canvas, #dc-plot svg").first.wait_for()
     if os.environ.get("DC_WRITE_SCREENSHOT") == "1":  # README's figure
         page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert only_local(page.requested, server) == []
@@ -405,10 +460,11 @@ def test_api_through_gradio_client(server, digits):
 
     client = Client(server, verbose=False)
     outputs = client.predict(image=handle_file(str(digits["1"])), api_name="/classify")
-    _message, label, race, summary, _plot, _seen = outputs
+    message, label, race, summary, _plot, _seen = outputs
+    assert message == "", message  # a failed request says why here, and has no ranking
     assert label["label"] == "1" and "Prediction: 1" in summary and "Race finished" in race
     assert {c["label"] for c in label["confidences"]} <= {str(d) for d in range(10)}
     out = client.predict(image=handle_file(str(digits["5"])), labels="3, 5, 8", preset=TYPED, api_name="/classify")
-    assert out[1]["label"] == "5" and {c["label"] for c in out[1]["confidences"]} == {"3", "5", "8"}
+    assert out[0] == "" and out[1]["label"] == "5" and {c["label"] for c in out[1]["confidences"]} == {"3", "5", "8"}
     bad = client.predict(image=handle_file(str(digits["5"])), labels="", preset=TYPED, api_name="/classify")
     assert "no labels" in bad[0] and not bad[1]  # a message, and no ranking

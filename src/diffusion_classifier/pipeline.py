@@ -48,7 +48,8 @@ class ClassificationResult:
 class RaceEvent:
     """Progress after one round of model calls, for a live view of the race (the web page)."""
 
-    remaining: dict[str, float]  # labels evaluated in this round -> their best candidate's mean error, best first
+    remaining: dict[int, float]  # classes (by index: two may share a name) evaluated in this round -> their
+    # best candidate's mean error, best first
     calls: int  # model calls so far
     max_calls: int  # the schedule's calls at most (count_calls)
 
@@ -56,9 +57,9 @@ class RaceEvent:
 def race_event(ledger: ErrorLedger, candidates: Sequence[int], cands: Candidates, max_calls: int) -> RaceEvent:
     """The RaceEvent of a ledger that has just evaluated candidates."""
     means = ledger.mean_errors(candidates).tolist()
-    best: dict[str, float] = {}
+    best: dict[int, float] = {}
     for c, m in sorted(zip(candidates, means), key=lambda cm: cm[1]):
-        best.setdefault(cands.labels[c], m)
+        best.setdefault(cands.class_ids[c], m)
     return RaceEvent(remaining=best, calls=ledger.calls, max_calls=max_calls)
 
 

@@ -17,7 +17,7 @@ from ..data.images import load_image
 from ..data.prompts import Candidates
 from ..errors import UserInputError
 from ..pipeline import ClassificationResult, DiffusionClassifier, RaceEvent
-from .inputs import check_template, choose_schedule, parse_labels, preset_candidates, sketch_image
+from .inputs import check_template, choose_schedule, class_labels, parse_labels, preset_candidates, sketch_image
 from .plot import error_figure
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,9 @@ def the_image(source: str, upload: str | None, sketch: dict | None, page: Page) 
 
 
 def shown(image: Image.Image, at_least: int = 112) -> Image.Image:
-    """The image as the page shows it: small ones (28 px digits) enlarged with visible pixels."""
+    """The image as the page shows it: small ones (28 px digits) enlarged with visible pixels; modes a browser
+    image cannot hold (CMYK, P, LA, ...: load_image keeps the file's own) as RGBA."""
+    image = image if image.mode in ("L", "RGB", "RGBA") else image.convert("RGBA")
     factor = -(-at_least // max(1, min(image.size)))
     return image if factor <= 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
@@ -126,38 +128,41 @@ def some(items: list[str], n: int = 40) -> str:
     return " ".join(items[:n]) + (f" … and {len(items) - n} more" if len(items) > n else "")
 
 
-def race_markdown(event: RaceEvent, all_labels: list[str]) -> str:
-    """Labels still in (best first, with their mean error so far), those already out, calls so far."""
-    out = [f"~~{label}~~" for label in all_labels if label not in event.remaining]
+def race_markdown(event: RaceEvent, labels: dict[int, str]) -> str:
+    """Labels still in (best first, with their mean error so far), those already out, calls so far.
+    labels: class index -> the label shown (class_labels)."""
+    out = [f"~~{label}~~" for k, label in labels.items() if k not in event.remaining]
     lines = [
-        f"**Race:** {len(event.remaining)} of {len(all_labels)} labels still in, "
+        f"**Race:** {len(event.remaining)} of {len(labels)} labels still in, "
         f"{event.calls:,} model calls so far (at most {event.max_calls:,})",
-        "Still in (mean error so far): " + some([f"**{label}** {err:.4f}" for label, err in event.remaining.items()]),
+        "Still in (mean error so far): " + some([f"**{labels[k]}** {err:.4f}" for k, err in event.remaining.items()]),
     ]
     return "\n\n".join(lines + ([f"Out: {some(out)}"] if out else []))
 
 
-def finish_markdown(result: ClassificationResult, cands: Candidates) -> str:
-    """The race's outcome: the winner, and how many trials each other label got before it was dropped."""
-    trials = dict.fromkeys(cands.unique_labels, 0)
-    for key, label in zip(cands.keys(), cands.labels):  # a label with several prompts: its longest-running one
-        trials[label] = max(trials[label], len(result.errors[key]["values"]))
-    out = sorted((x for x in trials if x != result.prediction), key=lambda x: -trials[x])
+def finish_markdown(result: ClassificationResult, cands: Candidates, labels: dict[int, str]) -> str:
+    """The race's outcome: the winner, and how many trials each other class got before it was dropped."""
+    trials = dict.fromkeys(labels, 0)
+    for key, k in zip(cands.keys(), cands.class_ids):  # a class with several prompts: its longest-running one
+        trials[k] = max(trials[k], len(result.errors[key]["values"]))
+    winner = result.prediction_index
+    out = sorted((k for k in trials if k != winner), key=lambda k: -trials[k])
     return (
-        f"**Race finished:** **{result.prediction}** won after {trials[result.prediction]} trials "
+        f"**Race finished:** **{labels[winner]}** won after {trials[winner]} trials "
         f"and {result.calls:,} model calls."
-        + (f"\n\nOut (trials when dropped): {some([f'~~{x}~~ ({trials[x]})' for x in out])}" if out else "")
+        + (f"\n\nOut (trials when dropped): {some([f'~~{labels[k]}~~ ({trials[k]})' for k in out])}" if out else "")
     )
 
 
-def ranking(result: ClassificationResult) -> dict[str, float]:
-    return {s["label"]: float(s["probability"]) for s in result.scores}
+def ranking(result: ClassificationResult, labels: dict[int, str]) -> dict[str, float]:
+    """gr.Label's value: each class's shown label -> its probability (unique keys: two classes may share a name)."""
+    return {labels[s["class_index"]]: float(s["probability"]) for s in result.scores}
 
 
-def summary(result: ClassificationResult, schedule: str, loss: str, seed: int) -> str:
+def summary(result: ClassificationResult, labels: dict[int, str], schedule: str, loss: str, seed: int) -> str:
     return (
-        f"**Prediction: {result.prediction}** · {result.calls:,} model calls · {result.seconds:.2f} s · "
-        f"schedule {schedule} ({loss}) · seed {seed}"
+        f"**Prediction: {labels[result.prediction_index]}** · {result.calls:,} model calls · "
+        f"{result.seconds:.2f} s · schedule {schedule} ({loss}) · seed {seed}"
     )
 
 
@@ -169,8 +174,9 @@ def figure(result: ClassificationResult, T: int):
 
 def classify_updates(classifier: DiffusionClassifier, page: Page, form: Form) -> Iterator[dict[str, Any]]:
     """Page updates for one request: the model's input, then the race round by round, then the ranking,
-    the summary and the figure. Bad input ends in one update whose message says what is wrong, and clears
-    the previous result so that no stale ranking stands next to it."""
+    the summary and the figure. The first and the last update name every output (an API client gets the last
+    one whole). Bad input ends in one update whose message says what is wrong, and clears the previous result
+    so that no stale ranking stands next to it."""
     try:
         image = the_image(form.source, form.upload, form.sketch, page)
         template = check_template(form.template, page.text_model)
@@ -179,17 +185,21 @@ def classify_updates(classifier: DiffusionClassifier, page: Page, form: Form) ->
         classifier.conditions(cands.conditions)  # unknown class names fail now, not mid-race (and it is cached)
         schedule, loss = choose_schedule(form.schedule, getattr(classifier.model, "default_schedule", None))
         seed = int(form.seed or 0)
-        yield {"message": "", "label": None, "race": "", "stats": "", "plot": None, "seen": shown(image)}
+        labels = class_labels(cands.class_names)
+        seen = shown(image)
+        yield {"message": "", "label": None, "race": "", "stats": "", "plot": None, "seen": seen}
         kwargs = {"prompts": cands, "schedule": schedule, "loss": loss, "seed": seed}
         for item in race(lambda callback: classifier(image, callback=callback, **kwargs)):
             if isinstance(item, RaceEvent):
-                yield {"race": race_markdown(item, cands.unique_labels)}
+                yield {"race": race_markdown(item, labels)}
             else:
                 yield {
-                    "label": ranking(item),
-                    "race": finish_markdown(item, cands),
-                    "stats": summary(item, form.schedule, loss, seed),
+                    "message": "",
+                    "label": ranking(item, labels),
+                    "race": finish_markdown(item, cands, labels),
+                    "stats": summary(item, labels, form.schedule, loss, seed),
                     "plot": figure(item, classifier.model.num_train_timesteps),
+                    "seen": seen,
                 }
     except UserInputError as exc:
         yield failed("Cannot classify", str(exc))

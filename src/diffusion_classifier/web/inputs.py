@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from ..data import prompts
 from ..data.prompts import Candidates, published_prompts, read_prompts_csv
 from ..errors import UserInputError
 from ..schedules import Racing, Schedule, get_schedule
@@ -33,12 +34,19 @@ def preset_names(class_names: list[str] | None) -> list[str]:
     return [TYPED, *([MODEL_CLASSES] if class_names else []), *PRESET_TABLES]
 
 
+def class_labels(class_names: dict[int, str]) -> dict[int, str]:
+    """class index -> the label the page shows for it: its name, "classidx:name" where two classes share
+    the name (the published ImageNet table's two "missile" classes, 657 and 744). gr.Label needs unique ones."""
+    names = list(class_names.values())
+    return {k: name if names.count(name) == 1 else f"{k}:{name}" for k, name in class_names.items()}
+
+
 def preset_labels(preset: str, class_names: list[str] | None) -> list[str]:
-    """The class names of a preset (the text box shows them); [] for the typed labels."""
+    """The classes of a preset as the page shows them (the text box and the ranking); [] for the typed labels."""
     if preset == MODEL_CLASSES:
         return list(class_names or [])
     if preset in PRESET_TABLES:
-        return read_prompts_csv(published_prompts(PRESET_TABLES[preset])).unique_labels
+        return list(class_labels(read_prompts_csv(published_prompts(PRESET_TABLES[preset])).class_names).values())
     return []
 
 
@@ -50,12 +58,12 @@ def preset_candidates(preset: str, text_model: bool) -> Candidates | None:
 
 
 def check_template(template: str | None, text_model: bool) -> str | None:
-    """The template to use: None when blank; one without {} or one given to a class model is an error."""
+    """The template to use: None when blank; a malformed one (data/prompts.py's rules) or one given to a
+    class model is an error."""
     template = (template or "").strip() or None
     if template is None:
         return None
-    if "{}" not in template:
-        raise UserInputError(f"template {template!r} has no '{{}}' for the label, e.g. 'a photo of a {{}}.'")
+    prompts.check_template(template)
     if not text_model:
         raise UserInputError("this model is conditioned on class ids: leave the template empty")
     return template
