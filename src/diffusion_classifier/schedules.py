@@ -279,8 +279,10 @@ def get_schedule(name: str) -> tuple[Schedule, Loss]:
     return SCHEDULES[name]
 
 
-def parse_timesteps(spec: str, T: int = 1000) -> tuple[int, ...]:
-    """'11,311,611' or 'start:stop:step' ranges (Python semantics), comma-separated, in that order."""
+def parse_timesteps(spec: str, T: int | None = 1000) -> tuple[int, ...]:
+    """'11,311,611' or 'start:stop:step' ranges (Python semantics), comma-separated, in that order.
+
+    T None: the model is not known yet (config.check_schedule checks the range once it is)."""
     out: list[int] = []
     try:
         for part in spec.split(","):
@@ -290,7 +292,7 @@ def parse_timesteps(spec: str, T: int = 1000) -> tuple[int, ...]:
                 out.append(int(part))
     except (TypeError, ValueError):
         raise UserInputError(f"bad --timesteps {spec!r}: use '11,311,611' or a range such as '0:1000:50'") from None
-    check_timesteps(out, T)
+    check_timesteps(out, T if T is not None else max(out, default=0) + 1)
     return tuple(out)
 
 
