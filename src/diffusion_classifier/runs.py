@@ -407,6 +407,14 @@ class RunStore:
         return RecordWriter(self.dir / f"records-rank{rank:05d}.jsonl")
 
 
+def config_kind(store: RunStore) -> str | None:
+    """The kind of run a directory holds ("eval", "winoground", ...), None when it holds none (a damaged
+    config.json is refused)."""
+    if not store.config_path.exists():
+        return None
+    return read_json_object(store.config_path, DAMAGED).get("kind", RunConfig.KIND)
+
+
 def describe_dataset(identity: dict[str, Any]) -> str:
     """A dataset identity in words, for messages: 'folder /abs/digits (20 images, list 3f2a...)'."""
     if not identity:
