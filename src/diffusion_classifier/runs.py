@@ -142,7 +142,8 @@ class StoredConfig:
     versions: dict[str, str]  # the packages that made the records (package_versions), recorded for the reader
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, as stored
+        kind = {} if self.KIND == StoredConfig.KIND else {"kind": self.KIND}  # eval runs carry no kind
+        return json.loads(json.dumps({**kind, **dataclasses.asdict(self)}))  # tuples -> lists, as stored
 
     def identity(self) -> dict[str, Any]:
         return {k: v for k, v in self.to_dict().items() if k not in self.NOT_IDENTITY}
