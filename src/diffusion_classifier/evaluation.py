@@ -1,6 +1,6 @@
 """evaluate(): classify a dataset into a resumable run directory, from Python; `eval` and `demo` call it.
 
->>> from diffusion_classifier import evaluate, ClassifierConfig
+>>> from diffusion_classifier import Selection, evaluate
 >>> summary = evaluate("builtin:mnist", "builtin:mnist", "runs/mnist", selection=Selection(limit=100))
 >>> summary.top1
 
