@@ -384,11 +384,13 @@ def run_winoground(
     (crash-safe, to the shard's own file), so a rerun resumes and retries failed examples.
     """
     n = len(data) if limit is None else min(limit, len(data))
+    if out is not None and describe is None:
+        raise ValueError("a Winoground run directory needs describe: the config it is claimed with")
     loaded: list[PairScorer] = []
 
     def prepare() -> Work:
         loaded.extend(load())
-        return winoground_work(data, loaded, n, describe(loaded, n) if describe and out is not None else None)
+        return winoground_work(data, loaded, n, describe(loaded, n) if describe is not None else None)
 
     records = execute(prepare, RunStore(out, WinogroundConfig) if out is not None else None, shard, progress)
     return loaded, records

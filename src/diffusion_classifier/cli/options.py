@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,20 +90,6 @@ def image_options_from_args(args: argparse.Namespace) -> ImageOptions:
 
     """The loader's options of add_image_options' flags (a bad --max-image-pixels is a UserInputError)."""
     return ImageOptions(max_pixels=args.max_image_pixels, exif_orientation=args.exif_orientation)
-
-
-def load_each(items: Sequence[Hashable], load: Callable[[Any], Any]) -> dict[Any, Any]:
-    """{item: image} of the items whose image loads; each one that does not is one line on stderr and is left
-    out (the command goes on with the rest and exits 1); when none loads, a UserInputError (exit 2)."""
-    images = {}
-    for item in items:
-        try:
-            images[item] = load(item)
-        except UserInputError as exc:
-            print(f"diffusion-classifier: error: {exc}", file=sys.stderr)
-    if not images:
-        raise UserInputError(f"none of the {len(items)} images could be read")
-    return images
 
 
 def load_classifier(args: argparse.Namespace, device: str | None = None) -> DiffusionClassifier:
