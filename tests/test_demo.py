@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from conftest import build_tiny_class_unet
-from diffusion_classifier.cli import demo, main
+from diffusion_classifier import demo
+from diffusion_classifier.cli import main
 from diffusion_classifier.data.datasets import open_dataset, select_indices
 from diffusion_classifier.runs import RunStore
 

@@ -29,7 +29,7 @@ from diffusion_classifier.data.images import (
 from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.runs import RunStore
 from diffusion_classifier.schedules import Full
-from diffusion_classifier.winoground import WinogroundConfig, claim, open_winoground, run_winoground
+from diffusion_classifier.winoground import WinogroundConfig, open_winoground, run_winoground
 from official import official_dit_transform, official_sd_transform
 
 SIZE = 16  # the tiny SD model's input size
@@ -403,7 +403,7 @@ def test_winoground_paths_cannot_escape_the_images_folder(tmp_path):
         with pytest.raises(UserInputError, match="refused") as exc:
             data.images(i)
         assert "\n" not in str(exc.value)
-    records = run_winoground(data, [MeanBrightness()])
+    _, records = run_winoground(data, lambda: [MeanBrightness()])
     assert [records[i]["status"] for i in range(len(rows))] == ["ok"] + ["failed"] * len(bad)
     assert all("refused" in records[i]["error"] for i in range(1, len(rows)))
 
@@ -417,10 +417,10 @@ def test_winoground_with_no_usable_example_is_refused_at_once(tmp_path):
 
 
 def test_winoground_runs_without_the_exif_field_still_resume(tmp_path):
-    store = RunStore(tmp_path)
+    store = RunStore(tmp_path, WinogroundConfig)
     config = WinogroundConfig(data="d", examples=3, scorers=("clip:x",))
     old = {k: v for k, v in config.to_dict().items() if k != "exif_orientation"}  # written before the field
     tmp_path.joinpath("config.json").write_text(json.dumps(old))
-    claim(store, config)  # same run: resumes
+    store.claim(config)  # same run: resumes
     with pytest.raises(UserInputError, match="exif_orientation"):
-        claim(store, WinogroundConfig(data="d", examples=3, scorers=("clip:x",), exif_orientation=True))
+        store.claim(WinogroundConfig(data="d", examples=3, scorers=("clip:x",), exif_orientation=True))

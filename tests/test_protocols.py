@@ -27,8 +27,8 @@ from diffusion_classifier.cli import main
 from diffusion_classifier.data.datasets import HUB_DATASETS
 from diffusion_classifier.data.prompts import published_prompts, read_prompts_csv
 from diffusion_classifier.models.stable_diffusion import StableDiffusionModel
-from diffusion_classifier.runs import RunStore, schedule_dict
-from diffusion_classifier.schedules import PUBLISHED, Full, count_calls, get_schedule, interval_grid
+from diffusion_classifier.runs import RunStore
+from diffusion_classifier.schedules import PUBLISHED, Full, count_calls, get_schedule, interval_grid, schedule_to_dict
 from dit_original import CHANNELS, random_original_dit, save_dit_pipeline
 
 pytest.importorskip("datasets")
@@ -204,7 +204,7 @@ def test_sd_protocol_with_its_published_schedule(row, tiny_sd_path, tmp_path, ca
     store = RunStore(out)
     check_records(store, expected, dataset, calls=row.calls)
     config = json.loads(store.config_path.read_text())
-    assert config["schedule"] == schedule_dict(PUBLISHED[dataset][0]) and config["loss"] == row.loss
+    assert config["schedule"] == schedule_to_dict(PUBLISHED[dataset][0]) and config["loss"] == row.loss
     check_report(out, capsys, 1)
 
 
@@ -253,7 +253,7 @@ def test_dit_protocol_runs_end_to_end(row, dit_models, tmp_path, capsys):
 def test_dit_protocol_with_its_published_schedule(row, dit_models, tmp_path, capsys):
     store = dit_run(row, dit_models, tmp_path, capsys, [836], extra=("--batch-size", "250"))
     check_records(store, [836], "imagenet", calls=row.calls)
-    assert json.loads(store.config_path.read_text())["schedule"] == schedule_dict(get_schedule("dit")[0])
+    assert json.loads(store.config_path.read_text())["schedule"] == schedule_to_dict(get_schedule("dit")[0])
 
 
 # --- Winoground -------------------------------------------------------------------------------------------------

@@ -10,15 +10,25 @@ from scipy import stats
 
 from diffusion_classifier import DiffusionClassifier, ErrorLedger, NoiseBank, Trial, UserInputError
 from diffusion_classifier.cli.options import (
+    add_image_options,
     add_schedule_options,
+    classifier_config_from_args,
     efficiency_kwargs,
     racing_from_args,
     schedule_from_args,
 )
+from diffusion_classifier.config import resolve_schedule
 from diffusion_classifier.estimator import per_sample_loss, q_sample
 from diffusion_classifier.models.gaussian import GaussianClassModel
-from diffusion_classifier.pipeline import resolve_schedule
-from diffusion_classifier.schedules import SCHEDULES, Full, Racing, count_calls, master_grid, paired_t_pvalues
+from diffusion_classifier.schedules import (
+    DEFAULT_SCHEDULE,
+    SCHEDULES,
+    Full,
+    Racing,
+    count_calls,
+    master_grid,
+    paired_t_pvalues,
+)
 from diffusion_classifier.timesteps import ORDERS, even_grid, ordered_grid, van_der_corput_order
 from diffusion_classifier.weighting import TimestepWeights, exp_weights, fit_weights, weight_table
 
@@ -195,13 +205,14 @@ def test_fit_weights_prefers_the_timesteps_that_separate_labels():
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     add_schedule_options(p)
+    add_image_options(p)
     return p.parse_args(argv)
 
 
 def racing_of(argv: list[str], default=None) -> Racing:
     """The schedule the CLI runs for these flags, the model's default schedule being `default`."""
     args = parse(argv)
-    return resolve_schedule(schedule_from_args(args), args.loss, default, racing_from_args(args))[0]
+    return resolve_schedule(schedule_from_args(args), args.loss, default or DEFAULT_SCHEDULE, racing_from_args(args))[0]
 
 
 def test_cli_options_build_racing_and_reject_mixtures(tmp_path):
@@ -218,5 +229,5 @@ def test_cli_options_build_racing_and_reject_mixtures(tmp_path):
     assert efficiency_kwargs(parse(["--timestep-weighting", "exp"]))["weights"] == "exp"
     with pytest.raises(UserInputError):
         efficiency_kwargs(parse(["--weights", str(tmp_path / "missing.json")]))
-    with pytest.raises(UserInputError):
-        efficiency_kwargs(parse(["--temperature", "-1"]))
+    with pytest.raises(UserInputError, match="temperature"):
+        classifier_config_from_args(parse(["--temperature", "-1"]))  # the config checks it, before any model

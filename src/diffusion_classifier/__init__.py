@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS = {
     "ClassificationResult": "pipeline",
+    "ClassifierConfig": "config",
     "DiffusionAdapter": "models.base",
     "DiffusionClassifier": "pipeline",
     "ErrorLedger": "estimator",
@@ -23,9 +24,11 @@ _EXPORTS = {
     "NoiseBank": "noise",
     "PUBLISHED": "schedules",
     "Racing": "schedules",
+    "Selection": "evaluation",
     "Staged": "schedules",
     "Trial": "estimator",
     "count_calls": "schedules",
+    "evaluate": "evaluation",
     "get_schedule": "schedules",
     "per_sample_loss": "estimator",
     "q_sample": "estimator",

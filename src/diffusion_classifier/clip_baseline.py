@@ -131,6 +131,7 @@ class _ClipInfo:
     name: str
     conditioning: str = "text"
     num_train_timesteps: int = 1000  # lets schedule options parse; CLIP ignores them
+    default_schedule: None = None  # CLIP spends no diffusion calls: the run records the dataset's default
 
     def describe(self) -> dict[str, Any]:
         return {"adapter": "CLIP", "model": self.name}

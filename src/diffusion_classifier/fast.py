@@ -146,6 +146,14 @@ class FastModel(DiffusionAdapter):
         return self.inner.alphas_cumprod
 
     @property
+    def default_schedule(self):  # DiffusionAdapter's class default would hide the wrapped adapter's own
+        return self.inner.default_schedule
+
+    @property
+    def default_temperature(self) -> float:
+        return self.inner.default_temperature
+
+    @property
     def forward_process(self) -> ForwardProcess:
         return self.inner.forward_process
 

@@ -8,20 +8,10 @@ tests/test_cli.py checks that these names are exactly the registry's keys.
 
 from __future__ import annotations
 
-#: schedules.SCHEDULES: the default, the published per-dataset ones, and racing
-SCHEDULES: tuple[str, ...] = (
-    "aircraft",
-    "cifar10",
-    "default",
-    "dit",
-    "flowers",
-    "food",
-    "imagenet",
-    "objectnet",
-    "pets",
-    "racing",
-    "stl10",
-)
+from .data.registry import published_schedule_names
+
+#: schedules.SCHEDULES: the default, the published per-dataset ones (the dataset registry's), dit and racing
+SCHEDULES: tuple[str, ...] = tuple(sorted(("default", "dit", "racing", *published_schedule_names())))
 
 #: weighting.py: the named timestep weightings (a fitted weights JSON is the other kind)
 WEIGHTINGS: tuple[str, ...] = ("uniform", "exp")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .calibration import check_temperature, elbo_scale, probabilities
+from .config import default_schedule, resolve_schedule
 from .data.images import DEFAULT_OPTIONS, ImageOptions, load_image
 from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_labels, from_template, shown
 from .errors import UserInputError
 from .estimator import ErrorLedger, Loss, model_error_fn
 from .models.base import DiffusionAdapter
 from .noise import NoiseBank, load_noise_file
-from .schedules import DEFAULT_SCHEDULE, Racing, Schedule, count_calls, get_schedule
+from .schedules import Schedule, count_calls
 from .weighting import TimestepWeights, weight_table
 
 
@@ -63,34 +64,6 @@ def race_event(ledger: ErrorLedger, candidates: Sequence[int], cands: Candidates
     return RaceEvent(remaining=best, calls=ledger.calls, max_calls=max_calls)
 
 
-def resolve_schedule(
-    schedule: str | Schedule | None,
-    loss: Loss | None,
-    default: tuple[Schedule, Loss] | None = None,
-    racing: Mapping[str, Any] | None = None,
-) -> tuple[Schedule, Loss]:
-    """A schedule object and its loss from a name, an object or None (default, else DEFAULT_SCHEDULE); loss
-    overrides.
-
-    racing: Racing fields to override (the CLI's --alpha, --max-trials, ...). They apply to the racing
-    schedule that would run (the named or default one; the named "racing" when that is not racing), and its
-    other fields stay: --max-trials 500 on a model whose default races at alpha 0.01 keeps alpha 0.01.
-    """
-    if schedule is None:
-        sched, sched_loss = default or DEFAULT_SCHEDULE
-    elif isinstance(schedule, str):
-        sched, sched_loss = get_schedule(schedule)
-    else:
-        sched, sched_loss = schedule, "l2"
-    if racing:
-        if not isinstance(sched, Racing):
-            if schedule is not None:
-                raise UserInputError("racing options apply to --schedule racing only")
-            sched, sched_loss = get_schedule("racing")
-        sched = replace(sched, **racing)
-    return sched, loss or sched_loss
-
-
 class DiffusionClassifier:
     """Zero-shot classification with a conditional diffusion model (Li et al., ICCV 2023).
 
@@ -125,8 +98,9 @@ class DiffusionClassifier:
 
     @property
     def default_schedule(self) -> tuple[Schedule, Loss]:
-        """The model's own schedule and loss (its config's default_schedule), else DEFAULT_SCHEDULE."""
-        return getattr(self.model, "default_schedule", None) or DEFAULT_SCHEDULE
+        """The schedule and loss that run when none is named (config.default_schedule: the model's own, else
+        DEFAULT_SCHEDULE)."""
+        return default_schedule(self.model)
 
     def candidates(
         self,

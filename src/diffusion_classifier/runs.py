@@ -1,10 +1,17 @@
-"""Dataset evaluation runs: the run configuration, the crash-safe record store, resume, and sharding.
+"""The run engine: configuration, claiming and locking, crash-safe records, resume and retry, sharding, failures.
 
-A run directory holds config.json (the RunConfig) and records-rankNNNNN.jsonl files: one JSON line
-per finished image, appended with a single write, flushed and fsynced. A SIGKILL can only leave a
-torn last line, which the reader ignores and the next writer of that file cuts off; so a rerun of
-the same command resumes where the run stopped and never records an image twice. Each process of a
-sharded run (torchrun / accelerate launch) writes its own file; readers merge them by image index.
+eval, demo, winoground and calibrate all run through execute(): it locks the run directory for this
+process, prepares the Work (loads the model: after the lock, so a busy directory costs no load), claims
+the directory (rank 0 first), turns every unfinished unit of this shard (a dataset image, a Winoground
+example) into a record and waits for the other shards. Without a directory the same loop keeps the
+records in memory.
+
+A run directory holds config.json (a RunConfig, or another StoredConfig kind: WinogroundConfig) and
+records-rankNNNNN.jsonl files: one JSON line per finished unit, appended with a single write, flushed
+and fsynced. A SIGKILL can only leave a torn last line, which the reader ignores and the next writer of
+that file cuts off; so a rerun of the same command resumes where the run stopped and never records a
+unit twice. Each process of a sharded run (torchrun / accelerate launch) writes its own file; readers
+merge them by index.
 
 Sharding is by position in the selected index list (position % world_size == rank): disjoint and
 complete. The trial noise depends only on (seed, trial index), never on the image or the process,
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
@@ -37,13 +44,16 @@ try:
 except ImportError:  # not on Windows: RunLock falls back to O_EXCL lock files
     fcntl = None
 
+from .config import ClassifierConfig
 from .data.datasets import EvalDataset
+from .data.images import DEFAULT_OPTIONS, ImageOptions
 from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_template, read_prompts_csv, shown
 from .errors import UserInputError
 from .estimator import Loss
 from .files import check_out_dir, read_json_object
+from .names import DEFAULT_MAX_PIXELS
 from .pipeline import ClassificationResult, DiffusionClassifier
-from .schedules import Schedule
+from .schedules import Schedule, schedule_from_dict, schedule_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +133,35 @@ def end_group(grouped: bool) -> None:
 # --- configuration -----------------------------------------------------------------------------------
 
 
+class StoredConfig:
+    """What a run directory's config.json holds: a frozen dataclass, JSON both ways, with an identity that a
+    resumed run must match. KIND tells the run kinds apart (the JSON's "kind"; eval runs carry none)."""
+
+    KIND: ClassVar[str] = "eval"  # also the command that writes this kind (`eval --out`), for messages
+    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ()
+    versions: dict[str, str]  # the packages that made the records (package_versions), recorded for the reader
+
+    def to_dict(self) -> dict[str, Any]:
+        kind = {} if self.KIND == StoredConfig.KIND else {"kind": self.KIND}  # eval runs carry no kind
+        return json.loads(json.dumps({**kind, **dataclasses.asdict(self)}))  # tuples -> lists, as stored
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if k not in self.NOT_IDENTITY}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> StoredConfig:
+        return cls(**checked_fields(cls, d, where))
+
+    def check_resume(self, old: StoredConfig, store: RunStore) -> None:
+        """Refuse to resume `old` (the directory's config) with this one beyond an identity difference."""
+
+
+#: The options RunConfig.options records (ClassifierConfig fields); runs written before some of them read as the default
+RUN_OPTIONS = {"weights": None, "temperature": None, "shortlist": None, "shortlist_k": 20}
+
+
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(StoredConfig):
     """Everything that decides a run's records; saved as config.json beside them.
 
     Two runs may share a directory only if their identity() is equal. The dataset is identified by
@@ -150,26 +187,23 @@ class RunConfig:
     image_size: int | None = None
     dtype: str | None = None
     exif_orientation: bool = False  # images turned by their EXIF Orientation tag (data/images.py)
-    options: dict[str, Any] = field(default_factory=dict)  # weighting, temperature, shortlist (None = default)
+    options: dict[str, Any] = field(default_factory=dict)  # RUN_OPTIONS: weighting, temperature, shortlist
     model_info: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     save_errors: bool = False
     dataset_id: dict[str, Any] = field(default_factory=dict)  # EvalDataset.identity
     selection: tuple[int, ...] | None = None  # the dataset indices covered now; None: all of them
     file_sizes: tuple[int, ...] | None = None  # bytes of each image file of a folder dataset
+    batch_size: int | None = 32  # rows per model call (changes no error: not part of the identity)
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS  # the decompression-bomb cap the images were opened with
 
     NOT_IDENTITY = ("model_info", "versions", "save_errors", "dataset", "images", "limit", "subset", "selection",
-                    "per_class", "subset_seed", "file_sizes")  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, as stored
-
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in self.to_dict().items() if k not in self.NOT_IDENTITY}
+                    "per_class", "subset_seed", "file_sizes", "batch_size", "max_image_pixels")  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> RunConfig:
         d = checked_fields(cls, d, where)
+        d["options"] = {**RUN_OPTIONS, **d.get("options", {})}
         cands = d.get("candidates", {})
         if not all(isinstance(cands.get(k), list) for k in ("labels", "conditions")):
             raise UserInputError(f"{where}: candidates must hold the lists labels and conditions; {DAMAGED}")
@@ -184,6 +218,29 @@ class RunConfig:
     def candidates_obj(self) -> Candidates:
         c = self.candidates
         return Candidates(tuple(c["labels"]), tuple(c["conditions"]), tuple(c["class_ids"]))
+
+    def classifier_config(self) -> ClassifierConfig:
+        """The classifier settings that made this run's records (a rerun with them gives the same records)."""
+        schedule, _ = schedule_from_dict(self.schedule, f"{CONFIG_FILE}: schedule")
+        return ClassifierConfig(
+            schedule=schedule,
+            loss=self.loss,
+            seed=self.seed,
+            noise_file=self.noise_file,
+            batch_size=self.batch_size,
+            image_options=ImageOptions(self.max_image_pixels, self.exif_orientation),
+            **{**RUN_OPTIONS, **self.options},
+        )
+
+    def check_resume(self, old: StoredConfig, store: RunStore) -> None:
+        """The same dataset (by its identity, never its spelled name); no finished image changed since."""
+        assert isinstance(old, RunConfig)
+        if old.dataset_id != self.dataset_id:
+            raise UserInputError(
+                f"{store.dir} holds a run on another dataset: it recorded {describe_dataset(old.dataset_id)}, this "
+                f"command reads {describe_dataset(self.dataset_id)}; use a new --out, or point at the same data"
+            )
+        store.check_changed_files(old, self)
 
 
 def candidates_dict(cands: Candidates) -> dict[str, list]:
@@ -226,12 +283,6 @@ def _json_type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-def schedule_dict(schedule: Schedule) -> dict[str, Any]:
-    """A schedule as JSON: its class name and its dataclass fields."""
-    fields = dataclasses.asdict(schedule) if dataclasses.is_dataclass(schedule) else {"repr": repr(schedule)}
-    return {"kind": type(schedule).__name__, **json.loads(json.dumps(fields))}
-
-
 def package_versions() -> dict[str, str]:
     """Versions of the packages that can change a run's numbers."""
     out = {"python": sys.version.split()[0]}
@@ -247,25 +298,32 @@ def package_versions() -> dict[str, str]:
 class RunStore:
     """A run directory: its config, its locks and its records (merged over all rank files, torn lines ignored)."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, kind: type[StoredConfig] = RunConfig):
         self.dir = Path(run_dir).expanduser()
+        self.kind = kind  # the config class this store reads and writes
 
     @property
     def config_path(self) -> Path:
         return self.dir / CONFIG_FILE
 
-    def read_config(self) -> RunConfig | None:
+    def read_config(self) -> Any:
+        """The directory's config (of this store's kind), or None when there is none yet."""
         if not self.config_path.exists():
             return None
         data = read_json_object(self.config_path, DAMAGED)
-        if data.get("kind") == "winoground":
-            raise UserInputError(f"{self.dir} holds a Winoground run (of `winoground --out`); use another --out")
-        return RunConfig.from_dict(data, str(self.config_path))
+        kind = data.get("kind", RunConfig.KIND)
+        if kind != self.kind.KIND:
+            raise UserInputError(
+                f"{self.dir} holds a run of `{kind} --out`, not of `{self.kind.KIND}`; use another --out"
+            )
+        return self.kind.from_dict(data, str(self.config_path))
 
-    def require_config(self) -> RunConfig:
+    def require_config(self) -> Any:
         config = self.read_config()
         if config is None:
-            raise UserInputError(f"{self.dir} is not a run directory (no {CONFIG_FILE}); create one with `eval --out`")
+            raise UserInputError(
+                f"{self.dir} is not a run directory (no {CONFIG_FILE}); create one with `{self.kind.KIND} --out`"
+            )
         return config
 
     def check(self) -> None:
@@ -277,7 +335,7 @@ class RunStore:
         """This process's lock on the directory (one per rank): hold it while writing records."""
         return RunLock(self.dir, shard or Shard())
 
-    def claim(self, config: RunConfig) -> None:
+    def claim(self, config: StoredConfig) -> None:
         """Write config.json for a new run, or check that an existing run has the same configuration.
 
         A resumed run may cover another selection of the same dataset, and image files that changed
@@ -289,25 +347,20 @@ class RunStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.config_path, json.dumps(config.to_dict(), indent=2) + "\n")
             return
+        config.check_resume(old, self)
         a, b = old.identity(), config.identity()
-        if a.get("dataset_id") != b.get("dataset_id"):
-            raise UserInputError(
-                f"{self.dir} holds a run on another dataset: it recorded {describe_dataset(old.dataset_id)}, this "
-                f"command reads {describe_dataset(config.dataset_id)}; use a new --out, or point at the same data"
-            )
         diff = [k for k in a if a[k] != b.get(k)]
         if diff:
             raise UserInputError(
                 f"{self.dir} holds a run with another configuration ({', '.join(diff)} differ); "
                 "use a new --out directory, or rerun with the same settings to resume"
             )
-        self._check_changed_files(old, config)
         if old.versions != config.versions:
             log.warning("resuming %s with other package versions: %s -> %s", self.dir, old.versions, config.versions)
         if old.to_dict() != config.to_dict():
             write_atomic(self.config_path, json.dumps(config.to_dict(), indent=2) + "\n")
 
-    def _check_changed_files(self, old: RunConfig, new: RunConfig) -> None:
+    def check_changed_files(self, old: RunConfig, new: RunConfig) -> None:
         """Refuse when an image with a finished (ok) record has changed size since the run recorded it."""
         if old.file_sizes is None or new.file_sizes is None or old.file_sizes == new.file_sizes:
             return
@@ -353,6 +406,14 @@ class RunStore:
 
     def writer(self, rank: int) -> RecordWriter:
         return RecordWriter(self.dir / f"records-rank{rank:05d}.jsonl")
+
+
+def config_kind(store: RunStore) -> str | None:
+    """The kind of run a directory holds ("eval", "winoground", ...), None when it holds none (a damaged
+    config.json is refused)."""
+    if not store.config_path.exists():
+        return None
+    return read_json_object(store.config_path, DAMAGED).get("kind", RunConfig.KIND)
 
 
 def describe_dataset(identity: dict[str, Any]) -> str:
@@ -566,6 +627,89 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# --- the engine --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Work:
+    """A run for the engine: its configuration, the units it covers, and how units become records.
+
+    records(todo, rank) yields the record of each unit in todo as it finishes (any order): a dict with the
+    unit's "index" and a "status" ("ok", or "failed" with an "error"). A failed unit is tried again on resume.
+    """
+
+    config: StoredConfig | None  # None: a run without a directory
+    indices: tuple[int, ...]  # the units the run covers now (dataset images, Winoground examples)
+    records: Callable[[Sequence[int], int], Iterator[dict[str, Any]]]
+    unit: str = "images"  # what the progress bar counts
+    after_claim: Callable[[RunStore], None] | None = None  # rank 0, once the directory is claimed (subset.npy)
+
+
+def execute(
+    prepare: Callable[[], Work],
+    store: RunStore | None = None,
+    shard: Shard | None = None,
+    progress: bool = False,
+    fresh: bool = False,
+) -> dict[int, dict[str, Any]]:
+    """Run this process's share of the work; the records of every unit the run covers, by index.
+
+    With a store: check it, join the launcher's process group, lock this rank's share, prepare the work
+    (the model loads here: after the lock), claim the directory (rank 0 first), record each unfinished unit
+    and wait for every shard, so the records returned are the whole run's. fresh: delete the directory's
+    config and records first. Without a store: one process, the records in memory.
+    """
+    shard = shard or Shard()
+    if store is None:
+        if shard.world_size > 1:
+            raise UserInputError("a run over several processes needs --out: each process writes its records there")
+        work = prepare()
+        return {rec["index"]: rec for rec in _records(work, {}, shard, progress, None)}
+    store.check()  # before any work: --out writable, an earlier run readable
+    grouped = start_group(shard)
+    try:
+        with store.lock(shard):
+            if fresh:
+                store.clear()
+            work = prepare()
+            claim_in_turn(shard, grouped, lambda: store.claim(work.config))
+            if shard.rank == 0 and work.after_claim is not None:
+                work.after_claim(store)
+            process(work, store, shard, progress)
+            barrier(grouped)  # every shard's records are on disk before any rank reads them
+    finally:
+        end_group(grouped)
+    records = store.records()
+    return {i: records[i] for i in work.indices if i in records}
+
+
+def process(work: Work, store: RunStore, shard: Shard | None = None, progress: bool = False) -> int:
+    """Record this shard's units of the work that have no ok record in the store; how many were tried.
+
+    The store's config must already be claimed and this process must hold its lock. Each record is
+    appended (crash-safe) as soon as it is done, so a rerun resumes; failed units are tried again.
+    """
+    shard = shard or Shard()
+    with store.writer(shard.rank) as writer:
+        return sum(1 for _ in _records(work, store.records(), shard, progress, writer))
+
+
+def _records(
+    work: Work, records: dict[int, dict[str, Any]], shard: Shard, progress: bool, writer: RecordWriter | None
+) -> Iterator[dict[str, Any]]:
+    """The records of this shard's units without an ok record, each appended to writer as it comes."""
+    mine = shard.take(work.indices)
+    todo = [i for i in mine if records.get(i, {}).get("status") != "ok"]
+    desc = work.unit if shard.world_size == 1 else f"{work.unit} (rank {shard.rank})"
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, disable=not progress, file=sys.stderr)
+    with bar:
+        for record in work.records(todo, shard.rank):
+            if writer is not None:
+                writer.append(record)
+            bar.update()
+            yield record
+
+
 # --- evaluation --------------------------------------------------------------------------------------
 
 
@@ -583,6 +727,45 @@ class EvalJob:
     batch_size: int = 32
     save_errors: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # more DiffusionClassifier.__call__ keywords
+    image_options: ImageOptions = DEFAULT_OPTIONS  # how the dataset's image files open (recorded)
+
+    @classmethod
+    def of(
+        cls,
+        dataset: EvalDataset,
+        indices: tuple[int, ...],
+        candidates: Candidates,
+        config: ClassifierConfig,
+        save_errors: bool = False,
+    ) -> EvalJob:
+        """The job of a resolved ClassifierConfig (ClassifierConfig.resolved)."""
+        kw = config.call_kwargs()
+        return cls(
+            dataset,
+            indices,
+            candidates,
+            kw["schedule"],
+            kw["loss"],
+            config.seed,
+            config.noise_file,
+            config.batch_size,
+            save_errors,
+            {k: kw[k] for k in RUN_OPTIONS},
+            config.image_options,
+        )
+
+    @property
+    def config(self) -> ClassifierConfig:
+        """The job's classifier settings as data."""
+        return ClassifierConfig(
+            schedule=self.schedule,
+            loss=self.loss,
+            seed=self.seed,
+            noise_file=self.noise_file,
+            batch_size=self.batch_size,
+            image_options=self.image_options,
+            **{**RUN_OPTIONS, **self.options},
+        )
 
 
 def eval_candidates(
@@ -653,19 +836,23 @@ def _model_accepts(clf: DiffusionClassifier, names: list[str]) -> list[str] | No
 
 
 def make_config(model: str, job: EvalJob, **extra: Any) -> RunConfig:
-    """The RunConfig of a job (extra: limit, subset, image_size, dtype, exif_orientation, model_info)."""
+    """The RunConfig of a job (extra: limit, subset, per_class, subset_seed, image_size, dtype, model_info)."""
     everything = job.indices == tuple(range(len(job.dataset)))
+    config = job.config
     return RunConfig(
         model=model,
         dataset=job.dataset.name,
         split=job.dataset.split,
-        schedule=schedule_dict(job.schedule),
-        loss=job.loss,
-        seed=job.seed,
+        schedule=schedule_to_dict(config.schedule),
+        loss=config.loss,
+        seed=config.seed,
         candidates=candidates_dict(job.candidates),
         images=len(job.indices),
-        noise_file=job.noise_file,
-        options=dict(job.options),
+        noise_file=config.noise_file,
+        exif_orientation=config.image_options.exif_orientation,
+        options={k: getattr(config, k) for k in RUN_OPTIONS},
+        batch_size=config.batch_size,
+        max_image_pixels=config.image_options.max_pixels,
         versions=package_versions(),
         save_errors=job.save_errors,
         dataset_id=job.dataset.identity,
@@ -734,18 +921,12 @@ def run_eval(
     The store's config must already be claimed and this process must hold its lock. A bad image becomes
     a "failed" record and the run goes on; a resumed run tries its failed images again.
     """
-    shard = shard or Shard()
-    done = store.finished()  # failed images are tried again
-    mine = shard.take(job.indices)
-    todo = [i for i in mine if i not in done]
-    desc = "images" if shard.world_size == 1 else f"images (rank {shard.rank})"
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="img", disable=not progress,
-               file=sys.stderr)  # fmt: skip
-    with bar, store.writer(shard.rank) as writer:
-        for record in classify_stream(clf, job, todo, shard.rank):
-            writer.append(record)
-            bar.update()
-    return len(todo)
+    return process(eval_work(clf, job), store, shard, progress)
+
+
+def eval_work(clf: DiffusionClassifier, job: EvalJob, config: RunConfig | None = None, **hooks: Any) -> Work:
+    """The engine's Work of an evaluation job: a record per dataset image, through classify_stream."""
+    return Work(config, job.indices, lambda todo, rank: classify_stream(clf, job, todo, rank), **hooks)
 
 
 def classify_stream(

@@ -6,12 +6,15 @@ some candidates, reads the mean errors back, and stops. The ledger's ranking is 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol, get_args
 
 import torch
 
+from .data.registry import DATASETS, published_schedule_names
 from .errors import UserInputError
 from .estimator import ErrorLedger, Loss, Trial
 from .timesteps import ORDERS, even_grid, ordered_grid
@@ -184,16 +187,68 @@ class Racing:
         return n_candidates * self.cap if n_candidates > 1 else min(self.round_trials, self.cap)
 
 
-#: The published per-dataset schedules and losses (SPEC.md §2): name -> (schedule, loss).
+# --- the schedule codec: one JSON form for run configs and model configs, older forms read ---------------
+
+#: The schedule classes a JSON form can name ({"kind": NAME, ...}).
+SCHEDULE_KINDS: dict[str, type] = {"Full": Full, "Staged": Staged, "Racing": Racing}
+
+
+def schedule_to_dict(schedule: Schedule, loss: Loss | None = None) -> dict[str, Any]:
+    """A schedule as JSON: {"kind": its class name, **its fields} (+ "loss" when given).
+
+    A schedule class of the user's own (not in SCHEDULE_KINDS) is recorded by its repr: readable, not rebuilt.
+    """
+    if dataclasses.is_dataclass(schedule) and type(schedule) in SCHEDULE_KINDS.values():
+        fields = {f.name: getattr(schedule, f.name) for f in dataclasses.fields(schedule)}
+    else:
+        fields = {"repr": repr(schedule)}
+    out = {"kind": type(schedule).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+    return out if loss is None else {**out, "loss": loss}
+
+
+def schedule_from_dict(spec: Mapping[str, Any], where: str = "the schedule") -> tuple[Schedule, Loss | None]:
+    """A schedule from its JSON form, and the loss the form names (None when it names none).
+
+    Forms: {"kind": "Staged", "n_samples": [...], ...} (schedule_to_dict's), and the older forms of model
+    configs: {"name": NAME, "params": {...}} (a named schedule with some fields replaced; its loss unless
+    "loss" is given) and {"timesteps": [...]} (Full).
+    """
+    if not isinstance(spec, Mapping):
+        raise UserInputError(f"{where} must be a JSON object, got {spec!r:.40}")
+    fields = {k: v for k, v in spec.items() if k not in ("kind", "name", "params", "loss")}
+    loss = spec.get("loss")
+    if loss is not None and loss not in get_args(Loss):
+        raise UserInputError(f"{where}: unknown loss {loss!r}; choose one of {', '.join(get_args(Loss))}")
+    if "name" in spec:
+        sched, named_loss = get_schedule(spec["name"])
+        return _build(type(sched), {**_as_fields(sched), **dict(spec.get("params") or {})}, where), loss or named_loss
+    kind = spec.get("kind", "Full" if "timesteps" in spec else None)
+    if kind not in SCHEDULE_KINDS:
+        raise UserInputError(f"{where}: unknown schedule kind {kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")
+    return _build(SCHEDULE_KINDS[kind], fields, where), loss
+
+
+def _as_fields(schedule: Schedule) -> dict[str, Any]:
+    return {f.name: getattr(schedule, f.name) for f in dataclasses.fields(schedule)}
+
+
+def _build(cls: type, fields: Mapping[str, Any], where: str) -> Schedule:
+    """cls(**fields) with JSON lists as tuples; an unknown or missing field is one clear line."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise UserInputError(f"{where}: {cls.__name__} has no field {unknown[0]!r} (fields: {', '.join(names)})")
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    except TypeError as exc:  # a required field is missing
+        raise UserInputError(f"{where}: {exc}") from None
+
+
+#: The published per-dataset schedules and losses (SPEC.md §2): dataset name -> (schedule, loss), from the
+#: dataset registry (data/registry.py), the one place that holds them.
 PUBLISHED: dict[str, tuple[Staged, Loss]] = {
-    "cifar10": (Staged((50, 500), (5, 1)), "l1"),
-    "stl10": (Staged((100, 500), (5, 1)), "l1"),
-    "pets": (Staged((25, 250), (5, 1)), "l1"),
-    "flowers": (Staged((20, 50, 100, 500), (20, 10, 5, 1)), "l1"),
-    "food": (Staged((20, 50, 100, 500), (20, 10, 5, 1)), "l2"),
-    "aircraft": (Staged((20, 50, 100, 500), (20, 10, 5, 1)), "l2"),
-    "imagenet": (Staged((50, 100, 500, 1000), (500, 50, 10, 1)), "l2"),
-    "objectnet": (Staged((50, 100, 500, 1000), (25, 10, 5, 1)), "l2"),
+    name: schedule_from_dict(DATASETS[name].schedule, f"the {name} registry entry")  # type: ignore[misc]
+    for name in published_schedule_names()
 }
 
 #: The published DiT-XL/2 protocol (SPEC.md §3; eval_prob_dit.py --t_interval 4 --randomize_noise): every class
@@ -224,8 +279,10 @@ def get_schedule(name: str) -> tuple[Schedule, Loss]:
     return SCHEDULES[name]
 
 
-def parse_timesteps(spec: str, T: int = 1000) -> tuple[int, ...]:
-    """'11,311,611' or 'start:stop:step' ranges (Python semantics), comma-separated, in that order."""
+def parse_timesteps(spec: str, T: int | None = 1000) -> tuple[int, ...]:
+    """'11,311,611' or 'start:stop:step' ranges (Python semantics), comma-separated, in that order.
+
+    T None: the model is not known yet (config.check_schedule checks the range once it is)."""
     out: list[int] = []
     try:
         for part in spec.split(","):
@@ -235,7 +292,7 @@ def parse_timesteps(spec: str, T: int = 1000) -> tuple[int, ...]:
                 out.append(int(part))
     except (TypeError, ValueError):
         raise UserInputError(f"bad --timesteps {spec!r}: use '11,311,611' or a range such as '0:1000:50'") from None
-    check_timesteps(out, T)
+    check_timesteps(out, T if T is not None else max(out, default=0) + 1)
     return tuple(out)
 
 

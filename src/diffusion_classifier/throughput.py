@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .data.registry import DATASETS, published_schedule_names
 from .errors import UserInputError
 from .estimator import Pair, Trial, model_error_fn
 from .fast import FastConfig, FastModel
@@ -24,16 +25,9 @@ from .models.base import DiffusionAdapter
 from .noise import NoiseBank
 from .schedules import Racing, count_calls, get_schedule, master_grid
 
-#: Classes of each published schedule's dataset (SPEC.md §2): the labels an image is classified among.
+#: Classes of each published schedule's dataset (the registry's): the labels an image is classified among.
 DATASET_CLASSES: dict[str, int] = {
-    "cifar10": 10,
-    "stl10": 10,
-    "pets": 37,
-    "flowers": 102,
-    "food": 101,
-    "aircraft": 100,
-    "imagenet": 1000,
-    "objectnet": 113,
+    **{name: DATASETS[name].classes for name in published_schedule_names()},
     "dit": 1000,  # DiT-XL/2 on ImageNet
 }
 REFERENCE_BATCH = 32  # the reference code's batch size

@@ -8,8 +8,9 @@ pair scores cJ_iK (caption J with image K). Definitions (Thrush et al. 2022, SPE
     image : for both captions the right image wins   c0_i0 > c0_i1 and c1_i1 > c1_i0
     group : both
 
-A run directory holds config.json (a WinogroundConfig) and one record per example in the crash-safe
-files of runs.RunStore (append-only JSON lines, fsynced; a torn last line is ignored), so a rerun resumes.
+A run is the run engine's (runs.execute): config.json holds a WinogroundConfig and each example is one
+record in the crash-safe files of runs.RunStore (append-only JSON lines, fsynced; a torn last line is
+ignored), so a rerun resumes, retries failed examples, and torchrun shards the examples.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,14 +26,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .data.images import DEFAULT_OPTIONS, ImageOptions, load_image
 from .errors import UserInputError
-from .files import check_out_dir, read_json_object
 from .matching import PairScorer
 from .metrics import wilson_interval
-from .runs import DAMAGED, RunStore, Shard, checked_fields, package_versions, write_atomic
+from .runs import RunStore, Shard, StoredConfig, Work, config_kind, execute, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +311,7 @@ def summarize(records: Mapping[int, dict[str, Any]], scorer: str, expected: int 
 
 
 @dataclass(frozen=True)
-class WinogroundConfig:
+class WinogroundConfig(StoredConfig):
     """What decides a Winoground run's records; saved as config.json. model_info and versions are
     recorded for the reader only (not part of the identity a resumed run must match)."""
 
@@ -334,51 +332,12 @@ class WinogroundConfig:
     model_info: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=package_versions)
 
+    KIND = "winoground"
     NOT_IDENTITY = ("model_info", "versions")
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in self.to_dict().items() if k not in self.NOT_IDENTITY}
-
-
-def read_config(store: RunStore) -> dict[str, Any] | None:
-    """The saved configuration of a run directory as a dict (None when there is none; a damaged one is refused)."""
-    if not store.config_path.exists():
-        return None
-    config = read_json_object(store.config_path, DAMAGED)
-    if config.get("kind") == "winoground":
-        checked_fields(WinogroundConfig, config, str(store.config_path))
-    return config
-
-
-def check_run_dir(store: RunStore) -> None:
-    """Before any work: --out can be written, and a run already there has a readable configuration."""
-    check_out_dir(store.dir)
-    read_config(store)
 
 
 def is_winoground_run(run_dir: str | Path) -> bool:
-    config = read_config(RunStore(run_dir))
-    return config is not None and config.get("kind") == "winoground"
-
-
-def claim(store: RunStore, config: WinogroundConfig) -> None:
-    """Write config.json for a new run, or check that the run there has the same configuration."""
-    old = read_config(store)
-    if old is None:
-        store.dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(store.config_path, json.dumps(config.to_dict(), indent=2) + "\n")
-        return
-    new = config.identity()
-    defaults = {f.name: f.default for f in dataclasses.fields(WinogroundConfig)}  # keys older runs lack
-    diff = [k for k in new if old.get(k, defaults[k]) != new[k]]
-    if diff:
-        raise UserInputError(
-            f"{store.dir} holds a run with another configuration ({', '.join(diff)} differ); "
-            "use a new --out directory, or rerun with the same settings to resume"
-        )
+    return config_kind(RunStore(run_dir)) == WinogroundConfig.KIND
 
 
 def score_example(data: WinogroundData, i: int, scorers: Sequence[PairScorer]) -> dict[str, Any]:
@@ -396,33 +355,45 @@ def score_example(data: WinogroundData, i: int, scorers: Sequence[PairScorer]) -
     return {**rec, "status": "ok", "scores": scores, "seconds": round(time.perf_counter() - began, 4)}
 
 
+def winoground_work(
+    data: WinogroundData, scorers: Sequence[PairScorer], n: int, config: WinogroundConfig | None = None
+) -> Work:
+    """The engine's Work of a Winoground run: a record per example of the first n, every scorer's pair scores."""
+    return Work(
+        config,
+        tuple(range(n)),
+        lambda todo, rank: (score_example(data, i, scorers) for i in todo),
+        unit="Winoground examples",
+    )
+
+
 def run_winoground(
     data: WinogroundData,
-    scorers: Sequence[PairScorer],
-    store: RunStore | None = None,
+    load: Callable[[], Sequence[PairScorer]],
+    out: str | Path | None = None,
     limit: int | None = None,
     progress: bool = False,
     shard: Shard | None = None,
-) -> dict[int, dict[str, Any]]:
-    """Score this shard's share of the first `limit` examples (all by default) not yet in the store.
+    describe: Callable[[Sequence[PairScorer], int], WinogroundConfig] | None = None,
+) -> tuple[list[PairScorer], dict[int, dict[str, Any]]]:
+    """Score the first `limit` examples (all by default) through the run engine (runs.execute); the scorers and
+    the records of every example the run covers.
 
-    Returns the records of the shard's share by index. With a store, every record is appended
-    (crash-safe, to the shard's own file) as soon as it is done, so a rerun resumes.
+    load: returns the scorers (called once the run directory is locked). With a run directory out,
+    describe(scorers, n) gives the config it is claimed with; every record is appended as soon as it is done
+    (crash-safe, to the shard's own file), so a rerun resumes and retries failed examples.
     """
-    shard = shard or Shard()
-    indices = shard.take(tuple(range(len(data) if limit is None else min(limit, len(data)))))
-    records = store.records() if store is not None else {}
-    todo = [i for i in indices if records.get(i, {}).get("status") != "ok"]  # failed examples are tried again
-    writer = store.writer(shard.rank) if store is not None and todo else None
-    try:
-        for i in tqdm(todo, desc="Winoground", unit="example", disable=not progress, file=sys.stderr):
-            records[i] = score_example(data, i, scorers)
-            if writer is not None:
-                writer.append(records[i])
-    finally:
-        if writer is not None:
-            writer.close()
-    return {i: records[i] for i in indices if i in records}
+    n = len(data) if limit is None else min(limit, len(data))
+    if out is not None and describe is None:
+        raise ValueError("a Winoground run directory needs describe: the config it is claimed with")
+    loaded: list[PairScorer] = []
+
+    def prepare() -> Work:
+        loaded.extend(load())
+        return winoground_work(data, loaded, n, describe(loaded, n) if describe is not None else None)
+
+    records = execute(prepare, RunStore(out, WinogroundConfig) if out is not None else None, shard, progress)
+    return loaded, records
 
 
 # --- reports -------------------------------------------------------------------------------------
@@ -430,12 +401,12 @@ def run_winoground(
 
 def summarize_run(run_dir: str | Path) -> list[WinogroundSummary]:
     """Each scorer's summary of a Winoground run directory, finished or not."""
-    store = RunStore(run_dir)
-    config = read_config(store)
-    if config is None or config.get("kind") != "winoground":
+    store = RunStore(run_dir, WinogroundConfig)
+    if config_kind(store) != WinogroundConfig.KIND:
         raise UserInputError(f"{run_dir} is not a Winoground run directory (written by `winoground --out`)")
+    config = store.require_config()
     records = store.records()
-    return [summarize(records, name, config["examples"]) for name in config["scorers"]]
+    return [summarize(records, name, config.examples) for name in config.scorers]
 
 
 def results_json(summaries: list[WinogroundSummary]) -> dict[str, Any]:

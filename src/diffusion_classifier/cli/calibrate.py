@@ -12,10 +12,9 @@ from .options import (
     add_seed_option,
     image_options_from_args,
     load_classifier,
-    load_each,
     positive_int,
 )
-from .rules import exit_code
+from .rules import error, exit_code, show_progress
 
 
 def add_parser(sub) -> None:
@@ -40,33 +39,32 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import ClassifierConfig
     from ..data.datasets import open_dataset
     from ..files import check_out_file
-    from ..fitting import calibrate
+    from ..fitting import calibrate_dataset
 
     if not 2 <= args.trials <= 500:
         raise UserInputError(f"--trials must lie in 2..500, got {args.trials}")
     out = check_out_file(args.out)  # before the fit: a fit that cannot be saved is lost
-    data = open_dataset(args.data, args.split, image_options=image_options_from_args(args))
-    chosen = [i for c in data.class_names for i in [j for j, y in enumerate(data.labels) if y == c][: args.per_class]]
-    images = load_each(chosen, data.image)  # an unreadable image is left out of the fit
-    rows = list(images)
+    config = ClassifierConfig(seed=args.seed, batch_size=args.batch_size, image_options=image_options_from_args(args))
+    data = open_dataset(args.data, args.split, image_options=config.image_options)
+    chosen = [
+        i
+        for k in range(len(data.class_names))
+        for i in [j for j, y in enumerate(data.label_ids) if y == k][: args.per_class]
+    ]
     clf = load_classifier(args)
-    kw = {"template": args.template} if args.template else {}
-    cal = calibrate(
-        clf,
-        list(images.values()),
-        list(data.class_names),
-        [data.labels[i] for i in rows],
-        n_trials=args.trials,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        **kw,
+    cal, records = calibrate_dataset(
+        clf, data, chosen, args.trials, config=config, template=args.template, progress=show_progress(args)
     )
+    failed = [r for r in records.values() if r["status"] != "ok"]
+    for r in failed:  # left out of the fit
+        error(f"image {r['index']} ({r['label']}): {r['error']}")
     out.parent.mkdir(parents=True, exist_ok=True)
     cal.save(out)
-    print(f"wrote {args.out} ({len(rows)} images, {args.trials} trials per label)")
+    print(f"wrote {args.out} ({cal.n_images} images, {args.trials} trials per label)")
     print(f"  weights per bin: {', '.join(f'{v:.3g}' for v in cal.weights.values)}")
     print(f"  temperature: {cal.temperature:.4g} with these weights (--weights {args.out} --temperature ...)")
     print(f"  temperature: {cal.temperature_uniform:.4g} with uniform weights")
-    return exit_code(len(rows), len(chosen) - len(rows))
+    return exit_code(cal.n_images, len(failed))

@@ -10,14 +10,10 @@ from .options import (
     add_label_options,
     add_model_options,
     add_schedule_options,
-    check_noise_file,
-    efficiency_kwargs,
-    image_options_from_args,
+    classifier_config_from_args,
     labels_from_args,
     load_classifier,
     positive_int,
-    resolved_schedule,
-    schedule_from_args,
 )
 from .rules import print_json, show_progress
 
@@ -45,34 +41,20 @@ def run(args: argparse.Namespace) -> int:
     from ..data.prompts import check_labels, check_template
 
     labels, prompts = labels_from_args(args)
-    schedule_from_args(args)  # bad schedule options fail before the model loads
-    check_noise_file(args.noise_file)
+    config = classifier_config_from_args(args)  # bad settings fail before the model loads
     if labels is not None:  # fail fast, before the model loads
         check_labels(labels)
     if args.template is not None:
         check_template(args.template)
-    image_options = image_options_from_args(args)
     if len(args.images) == 1:
-        load_image(args.images[0], image_options)
-    efficiency = efficiency_kwargs(args)
+        load_image(args.images[0], config.image_options)
     clf = load_classifier(args)
     candidates = clf.candidates(labels, args.template, prompts)  # bad labels fail before any image work
-    schedule, loss = resolved_schedule(args, clf)
+    config = config.resolved(clf.model)
     tally = args.tally
     for path in args.images:
         try:
-            result = clf(
-                path,
-                prompts=candidates,
-                schedule=schedule,
-                loss=loss,
-                seed=args.seed,
-                noise=args.noise_file,
-                batch_size=args.batch_size,
-                progress=show_progress(args),
-                image_options=image_options,
-                **efficiency,
-            )
+            result = clf(path, prompts=candidates, progress=show_progress(args), **config.call_kwargs())
         except UserInputError as exc:
             if len(args.images) == 1:
                 raise

@@ -13,12 +13,9 @@ from .options import (
     add_label_options,
     add_model_options,
     add_schedule_options,
-    check_noise_file,
-    efficiency_kwargs,
-    image_options_from_args,
+    classifier_config_from_args,
     labels_from_args,
     load_classifier,
-    resolved_schedule,
 )
 from .rules import error, exit_code, show_progress
 
@@ -80,14 +77,10 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..report import markdown_table
-    from ..runs import Shard, end_group, start_group
+    from ..runs import Shard
 
     shard = Shard.from_env()
-    grouped = start_group(shard)
-    try:
-        summary = evaluate_from_args(args, shard, grouped)
-    finally:
-        end_group(grouped)
+    summary = evaluate_args(args, shard)
     if shard.rank != 0:
         return 0  # rank 0 speaks for the run
     print(markdown_table([summary]))
@@ -96,62 +89,34 @@ def run(args: argparse.Namespace) -> int:
     return exit_code(summary.n, summary.failed)
 
 
-def evaluate_from_args(args: argparse.Namespace, shard: Shard, grouped: bool, progress: bool | None = None):
-    """Build the job from the arguments, lock and claim the run directory, classify this shard; the run's summary.
+def evaluate_args(args: argparse.Namespace, shard: Shard, progress: bool | None = None):
+    """evaluation.evaluate with the arguments' settings: every bad argument fails before the model loads."""
+    from ..data.datasets import open_dataset, read_subset_file
+    from ..evaluation import Selection, evaluate
+    from ..runs import RunStore
 
-    Everything the user can get wrong (--out, the run directory, the dataset) is checked before the model loads.
-    """
-    from ..data.datasets import open_dataset, read_subset_file, save_subset, select_indices
-    from ..report import summarize_run
-    from ..runs import SUBSET_FILE, EvalJob, RunStore, barrier, claim_in_turn, eval_candidates, make_config, run_eval
-    from ..schedules import PUBLISHED
-
-    store = RunStore(args.out)
-    store.check()
+    RunStore(args.out).check()  # first: a run directory that cannot be used costs no dataset read
     labels, prompts = labels_from_args(args)
-    check_noise_file(args.noise_file)
-    options = efficiency_kwargs(args)
-    image_options = image_options_from_args(args)
-    dataset = open_dataset(args.dataset, args.split, args.data_dir, args.image_column, args.label_column, image_options)
+    config = classifier_config_from_args(args)
+    dataset = open_dataset(
+        args.dataset, args.split, args.data_dir, args.image_column, args.label_column, config.image_options
+    )
     subset = read_subset_file(args.subset) if args.subset else None
-    seeded = args.limit is not None or args.per_class is not None
-    subset_seed = (args.seed if args.subset_seed is None else args.subset_seed) if seeded else None
-    indices = select_indices(dataset, args.limit, subset, args.per_class, subset_seed or 0)
-    with store.lock(shard):
-        clf = classifier_from_args(args, shard.device(args.device))
-        # a model's own protocol (DiT's) before the dataset's published one (Stable Diffusion's), then the default
-        own = getattr(clf.model, "default_schedule", None)
-        schedule, loss = resolved_schedule(args, clf, own or PUBLISHED.get(dataset.name))
-        job = EvalJob(
-            dataset=dataset,
-            indices=indices,
-            candidates=eval_candidates(clf, dataset, indices, labels, template_from_args(args, prompts), prompts),
-            schedule=schedule,
-            loss=loss,
-            seed=args.seed,
-            noise_file=args.noise_file,
-            batch_size=args.batch_size,
-            save_errors=args.save_errors,
-            options=options,
-        )
-        config = make_config(
-            args.model or args.baseline,
-            job,
-            limit=args.limit,
-            subset=subset,
-            per_class=args.per_class,
-            subset_seed=subset_seed,
-            image_size=args.image_size,
-            dtype=args.dtype,
-            exif_orientation=image_options.exif_orientation,
-            model_info=clf.model.describe(),
-        )
-        claim_in_turn(shard, grouped, lambda: store.claim(config))
-        if shard.rank == 0 and len(indices) < len(dataset):
-            save_subset(store.dir / SUBSET_FILE, indices)  # the official --subset_path reads it too
-        run_eval(clf, job, store, shard, progress=show_progress(args) if progress is None else progress)
-        barrier(grouped)  # every shard's records are on disk before rank 0 summarises
-    return summarize_run(store)
+    return evaluate(
+        lambda: classifier_from_args(args, shard.device(args.device)),
+        dataset,
+        args.out,
+        config=config,
+        labels=labels,
+        template=template_from_args(args, prompts),
+        prompts=prompts,
+        selection=Selection(args.limit, args.per_class, subset, args.subset_seed),
+        save_errors=args.save_errors,
+        model_name=args.model or args.baseline,
+        recorded={"image_size": args.image_size, "dtype": args.dtype},
+        shard=shard,
+        progress=show_progress(args) if progress is None else progress,
+    )
 
 
 def classifier_from_args(args: argparse.Namespace, device: str | None):

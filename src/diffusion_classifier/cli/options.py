@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +12,7 @@ from ..names import DEFAULT_MAX_PIXELS, DIT_NETWORKS, SCHEDULES, WEIGHTINGS
 from ..timesteps import ORDERS
 
 if TYPE_CHECKING:  # torch-heavy: imported where a command runs, never while parsing
+    from ..config import ClassifierConfig
     from ..data.images import ImageOptions
     from ..estimator import Loss
     from ..pipeline import DiffusionClassifier
@@ -93,20 +92,6 @@ def image_options_from_args(args: argparse.Namespace) -> ImageOptions:
     return ImageOptions(max_pixels=args.max_image_pixels, exif_orientation=args.exif_orientation)
 
 
-def load_each(items: Sequence[Hashable], load: Callable[[Any], Any]) -> dict[Any, Any]:
-    """{item: image} of the items whose image loads; each one that does not is one line on stderr and is left
-    out (the command goes on with the rest and exits 1); when none loads, a UserInputError (exit 2)."""
-    images = {}
-    for item in items:
-        try:
-            images[item] = load(item)
-        except UserInputError as exc:
-            print(f"diffusion-classifier: error: {exc}", file=sys.stderr)
-    if not images:
-        raise UserInputError(f"none of the {len(items)} images could be read")
-    return images
-
-
 def load_classifier(args: argparse.Namespace, device: str | None = None) -> DiffusionClassifier:
     """The diffusion classifier of add_model_options' flags: the one place the CLI loads one (--fast included)."""
     from ..pipeline import DiffusionClassifier
@@ -174,8 +159,11 @@ def labels_from_args(args: argparse.Namespace) -> tuple[list[str] | None, Candid
     return args.labels, None
 
 
-def schedule_from_args(args: argparse.Namespace, T: int = 1000) -> str | Schedule | None:
-    """A schedule name, a Staged or Full object, or None for the default (racing flags: racing_from_args)."""
+def schedule_from_args(args: argparse.Namespace, T: int | None = None) -> str | Schedule | None:
+    """A schedule name, a Staged or Full object, or None for the default (racing flags: racing_from_args).
+
+    T: the model's timesteps when known; None leaves the range check of --timesteps to ClassifierConfig.resolved.
+    """
     from ..schedules import Full, Staged, parse_timesteps
 
     chosen = [x for x in (args.schedule, args.timesteps, args.to_keep or args.n_samples) if x is not None and x != []]
@@ -192,7 +180,7 @@ def schedule_from_args(args: argparse.Namespace, T: int = 1000) -> str | Schedul
 
 
 def racing_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The racing fields the flags override ({} when none is given); pipeline.resolve_schedule applies them
+    """The racing fields the flags override ({} when none is given); config.resolve_schedule applies them
     to the racing schedule that runs, so the model's other racing defaults stay."""
     opts = {
         "alpha": getattr(args, "alpha", None),
@@ -206,29 +194,37 @@ def racing_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def resolved_schedule(
-    args: argparse.Namespace, clf: DiffusionClassifier, default: tuple[Schedule, Loss] | None = None
-) -> tuple[Schedule, Loss]:
-    """The schedule and loss a command runs: the flags', else default (the model's when None), racing flags
-    applied over it."""
-    from ..pipeline import resolve_schedule
+def classifier_config_from_args(args: argparse.Namespace) -> ClassifierConfig:
+    """The ClassifierConfig of add_schedule_options' flags (and the image options); every bad value fails
+    here, before any model loads. Its schedule resolves against the model later (ClassifierConfig.resolved)."""
+    from ..config import ClassifierConfig
 
-    schedule = schedule_from_args(args, clf.model.num_train_timesteps)
-    default = default or getattr(clf, "default_schedule", None)  # a CLIP baseline has none (it spends no calls)
-    return resolve_schedule(schedule, args.loss, default, racing_from_args(args))
+    check_noise_file(args.noise_file)
+    return ClassifierConfig(
+        schedule=schedule_from_args(args),
+        loss=args.loss,
+        racing=racing_from_args(args),
+        seed=args.seed,
+        noise_file=args.noise_file,
+        batch_size=args.batch_size,
+        image_options=image_options_from_args(args),
+        **efficiency_kwargs(args),
+    )
+
+
+def resolved_schedule(args: argparse.Namespace, clf: DiffusionClassifier) -> tuple[Schedule, Loss]:
+    """The schedule and loss a command runs on this classifier's model: the flags', else its default."""
+    config = classifier_config_from_args(args).resolved(clf.model)
+    return config.schedule, config.loss
 
 
 def efficiency_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments of DiffusionClassifier.__call__ from the efficiency options."""
+    """The weighting, temperature and shortlist settings of the efficiency options (ClassifierConfig fields)."""
     weighting, weights_file = getattr(args, "timestep_weighting", None), getattr(args, "weights", None)
     if weighting is not None and weights_file is not None:
         raise UserInputError("give only one of --timestep-weighting and --weights")
     if weights_file is not None and not Path(weights_file).is_file():
         raise UserInputError(f"weights file not found: {weights_file}")
-    if getattr(args, "temperature", None) is not None:
-        from ..calibration import check_temperature
-
-        check_temperature(args.temperature)
     return {
         "weights": weights_file or weighting,
         "temperature": getattr(args, "temperature", None),

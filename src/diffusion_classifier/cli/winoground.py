@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ..errors import UserInputError
 from .match import add_scorer_options, scorers_from_args
 from .options import add_image_options, image_options_from_args, positive_int
 from .rules import error, exit_code, print_json, show_progress
 
 if TYPE_CHECKING:
-    from ..runs import Shard
     from ..winoground import WinogroundConfig
 
 
@@ -37,24 +35,31 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runs import Shard, end_group, start_group
-    from ..winoground import markdown_table, open_winoground, results_json
+    from ..runs import RunStore, Shard
+    from ..winoground import WinogroundConfig, markdown_table, open_winoground, results_json, run_winoground, summarize
 
     shard = Shard.from_env()
-    if shard.world_size > 1 and args.out is None:
-        raise UserInputError("a run over several processes needs --out: each process writes its records there")
+    if args.out is not None:
+        RunStore(args.out, WinogroundConfig).check()  # --out writable, an earlier run readable: before any work
     # a missing or gated dataset fails before any model loads
     data = open_winoground(args.data_dir, image_options=image_options_from_args(args))
     args.device = shard.device(args.device)
-    grouped = start_group(shard)
-    try:
-        summaries, failures = score(args, data, shard, grouped)
-    finally:
-        end_group(grouped)
+    scorers, records = run_winoground(
+        data,
+        lambda: scorers_from_args(args),
+        args.out,
+        args.limit,
+        show_progress(args),
+        shard,
+        describe=lambda scorers, n: make_config(args, data.source, n, scorers),
+    )
     if shard.rank != 0:
         return 0
-    for failure in failures:
-        error(failure)
+    n = len(data) if args.limit is None else min(args.limit, len(data))
+    summaries = [summarize(records, s.name, n) for s in scorers]
+    for r in records.values():
+        if r["status"] != "ok":
+            error(f"Winoground example {r['id']}: {r.get('error')}")
     if args.json:
         print_json(results_json(summaries))
     else:
@@ -62,31 +67,6 @@ def run(args: argparse.Namespace) -> int:
             print(markdown_table(s))
     failed = summaries[0].failed  # an example that fails, fails for every scorer
     return exit_code(summaries[0].overall.n, failed)
-
-
-def score(args: argparse.Namespace, data, shard: Shard, grouped: bool) -> tuple[list, list[str]]:
-    """Lock and claim the run directory, score this shard's examples; every scorer's summary of the whole run,
-    and a line for each failed example."""
-    from ..runs import RunStore, barrier, claim_in_turn
-    from ..winoground import check_run_dir, claim, run_winoground, summarize
-
-    n = len(data) if args.limit is None else min(args.limit, len(data))
-    progress = show_progress(args)
-    if args.out is None:
-        scorers = scorers_from_args(args)
-        records = run_winoground(data, scorers, None, args.limit, progress=progress, shard=shard)
-    else:
-        store = RunStore(args.out)
-        check_run_dir(store)  # --out writable, an earlier run readable: before any model loads
-        with store.lock(shard):
-            scorers = scorers_from_args(args)
-            config = make_config(args, data.source, n, scorers)
-            claim_in_turn(shard, grouped, lambda: claim(store, config))
-            run_winoground(data, scorers, store, args.limit, progress=progress, shard=shard)
-            barrier(grouped)  # every shard's records are on disk before rank 0 summarises
-        records = {i: r for i, r in store.records().items() if i < n}
-    failures = [f"Winoground example {r['id']}: {r.get('error')}" for r in records.values() if r["status"] != "ok"]
-    return [summarize(records, s.name, n) for s in scorers], failures
 
 
 def make_config(args: argparse.Namespace, source: str, n: int, scorers) -> WinogroundConfig:

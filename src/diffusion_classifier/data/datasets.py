@@ -15,14 +15,14 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from ..errors import UserInputError
 from .prompts import published_prompts, read_text
+from .registry import DATASETS, HubSpec
 
 if TYPE_CHECKING:  # numpy-heavy: the CLI reads HUB_DATASETS before it parses arguments
     from .images import ImageOptions
@@ -32,54 +32,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-@dataclass(frozen=True)
-class HubSpec:
-    """One of the paper's datasets: where a copy lives, its columns, and how its labels become the
-    published prompts table's classidx (docs/protocols.md cites the source of every mapping).
-
-    labels: "name": a label's name (its ClassLabel name, or its class folder) is a table classname,
-    compared ignoring case and the separators ' ', '_', '-', '/', after `aliases`; "index": the
-    integer label is the classidx (the names are of another vocabulary), and `anchors` must hold.
-    """
-
-    hub_id: str | None  # None: no verified public copy; pass a local copy with --data-dir
-    split: str
-    image_column: str = "image"
-    label_column: str = "label"
-    labels: Literal["name", "index"] = "name"
-    aliases: tuple[tuple[str, str], ...] = ()  # (the copy's name, the table's classname): typos in a copy
-    anchors: tuple[tuple[int, tuple[str, ...]], ...] = ()  # (classidx, names class classidx may carry)
-    extra_classes: bool = False  # the copy holds classes outside the table: their images are skipped
-    crop_border: int = 0  # pixels cut from every side of each image on load, as the official code does
-
-
-#: ImageNet's class order is WordNet-id order; the names of a copy are lemma lists ("tench, Tinca tinca")
-#: or wnids (class folders), never the table's names: these hand-checked classes pin the order.
-IMAGENET_ANCHORS = (
-    (0, ("tench", "n01440764")),
-    (1, ("goldfish", "n01443537")),
-    (657, ("missile", "n03773504")),
-    (744, ("projectile", "n04008634")),
-    (836, ("sunglass", "n04355933")),
-    (837, ("sunglasses", "n04356056")),
-    (999, ("toilet tissue", "n15075141")),
-)
-
-#: Our dataset names -> verified copies. docs/protocols.md says where each mapping was checked.
-HUB_DATASETS: dict[str, HubSpec] = {
-    "cifar10": HubSpec("uoft-cs/cifar10", "test", image_column="img"),
-    "cifar100": HubSpec(
-        "uoft-cs/cifar100", "test", image_column="img", label_column="fine_label", aliases=(("cra", "crab"),)
-    ),
-    "stl10": HubSpec("tanganke/stl10", "test"),
-    "pets": HubSpec("timm/oxford-iiit-pet", "test"),
-    "flowers": HubSpec("dpdl-benchmark/oxford_flowers102", "test"),  # the official 6,149-image test split
-    "food": HubSpec("ethz/food101", "validation"),  # the official 25,250-image test split
-    "aircraft": HubSpec("Donghyun99/FGVC-Aircraft", "test", label_column="variation"),  # "label" is the family
-    "imagenet": HubSpec("ILSVRC/imagenet-1k", "validation", labels="index", anchors=IMAGENET_ANCHORS),
-    "objectnet": HubSpec(None, "test", extra_classes=True, crop_border=2),  # no redistribution: a local copy
-    "mnist": HubSpec("ylecun/mnist", "test"),
-}
+#: Our dataset names -> verified copies (the registry's hub specs; docs/protocols.md says where each was checked).
+HUB_DATASETS: dict[str, HubSpec] = {name: entry.hub for name, entry in DATASETS.items()}
 
 
 class EvalDataset:

@@ -190,8 +190,11 @@ def _class_index(text: str, where: str) -> int:
 
 def published_prompts(dataset: str) -> Path:
     """Path of a published prompts CSV shipped with the package (cifar10, pets, imagenet, ...)."""
-    name = {"cifar100": "cifar100_blurry"}.get(dataset, dataset)
-    path = resources.files("diffusion_classifier.data") / "prompts" / f"{name}_prompts.csv"
+    from .registry import DATASETS
+
+    entry = DATASETS.get(dataset)
+    name = entry.prompts if entry else f"{dataset}_prompts.csv"
+    path = resources.files("diffusion_classifier.data") / "prompts" / name
     if not path.is_file():
         raise UserInputError(f"no published prompts for dataset {dataset!r}")
     return Path(str(path))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from ..forward_process import DDPMProcess, ForwardProcess
+
+if TYPE_CHECKING:
+    from ..estimator import Loss
+    from ..schedules import Schedule
 
 
 class DiffusionAdapter(ABC):
@@ -30,6 +34,14 @@ class DiffusionAdapter(ABC):
     dtype: torch.dtype = torch.float32
     #: The attribute holding the network predict_noise calls, which the fast path (fast.py) casts and compiles.
     denoiser_attr: str | None = None
+    #: The model's own protocol (DiT's published one, a bundled model's tuned race): the schedule and loss
+    #: that run when none is named. None: the dataset's published schedule, else schedules.DEFAULT_SCHEDULE
+    #: (config.default_schedule is the one place that decides).
+    default_schedule: tuple[Schedule, Loss] | None = None
+    #: Divides the probabilities' ELBO-scaled logits when no temperature is given (1: the bound itself).
+    default_temperature: float = 1.0
+    #: Rows per model call when the caller leaves the batch size to the model (None: 32); the fast path sets its own.
+    batch_size: int | None = None
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -30,7 +29,7 @@ from ..errors import UserInputError
 from ..files import read_json_object
 from ..forward_process import DDPMProcess, ddpm_from_float64
 from ..names import DIT_NETWORKS
-from ..schedules import Full, get_schedule
+from ..schedules import get_schedule, schedule_from_dict
 from . import Family, register_family
 from ._diffusers import split_learned_sigma
 from .base import DiffusionAdapter
@@ -107,20 +106,6 @@ def load_alphas_cumprod_float64(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.cumprod(1.0 - betas))
 
 
-def schedule_from_spec(spec: dict[str, Any] | None):
-    """A (schedule, loss) pair from classifier_config.json's default_schedule.
-
-    {"timesteps": [...]} for a Full schedule, or {"name": NAME, "params": {...}} for a named schedule with
-    some fields replaced (e.g. {"name": "racing", "params": {"alpha": 0.01}}); "loss" is optional.
-    """
-    if not spec:
-        return None
-    if "name" in spec:
-        sched, loss = get_schedule(spec["name"])
-        return replace(sched, **spec.get("params", {})), spec.get("loss", loss)
-    return Full(tuple(int(t) for t in spec["timesteps"])), spec.get("loss", "l2")
-
-
 def load_failed(what: str, path: Path, exc: Exception) -> UserInputError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
     return UserInputError(f"cannot load {what} from {path}: {first}")
@@ -145,9 +130,10 @@ class ClassUNetModel(DiffusionAdapter):
         if len(self.class_names) != n:
             raise UserInputError(f"{name}: {len(self.class_names)} class names for a model with {n} classes")
         self._index = label_index(self.class_names)
-        spec = schedule_from_spec(config.get("default_schedule"))
-        if spec is not None:
-            self.default_schedule = spec  # the pipeline uses this when no schedule is given
+        spec = config.get("default_schedule")
+        if spec:  # the schedule this model runs when none is named (config.default_schedule resolves it)
+            sched, loss = schedule_from_dict(spec, f"{name}/{UNET_CONFIG} default_schedule")
+            self.default_schedule = (sched, loss or "l2")
 
     @classmethod
     def from_pretrained(
@@ -273,7 +259,7 @@ class DiTModel(DiffusionAdapter):
         n = transformer.config.num_embeds_ada_norm
         self.class_names, aliases = dit_labels(id2label, n)
         self._index = label_index(self.class_names, aliases)
-        self.default_schedule = get_schedule("dit")  # the pipeline uses this when no schedule is given
+        self.default_schedule = get_schedule("dit")  # the published protocol: what runs when none is named
         if self.dtype == torch.float32:  # read by the fast path (fast.py): the official float32 arithmetic
             self.fast_overrides = {"dtype": "float32", "tf32": False}
 

@@ -183,7 +183,7 @@ def classify_updates(classifier: DiffusionClassifier, page: Page, form: Form) ->
         prompts = preset_candidates(form.preset, page.text_model)
         cands = classifier.candidates(None if prompts else parse_labels(form.labels), template, prompts)
         classifier.conditions(cands.conditions)  # unknown class names fail now, not mid-race (and it is cached)
-        schedule, loss = choose_schedule(form.schedule, getattr(classifier.model, "default_schedule", None))
+        schedule, loss = choose_schedule(form.schedule, classifier.model.default_schedule)
         seed = int(form.seed or 0)
         labels = class_labels(cands.class_names)
         seen = shown(image)
