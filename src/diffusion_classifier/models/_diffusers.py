@@ -8,6 +8,7 @@ import json
 import math
 from abc import abstractmethod
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from ..data.images import reference_transform
 from ..errors import UserInputError
-from ..forward_process import FLOW_ERRORS, DDPMProcess, FlowError, RectifiedFlow
+from ..forward_process import FLOW_ERRORS, DDPMProcess, FlowError, ForwardProcess, RectifiedFlow
 from . import Family, register_family
 from .base import DiffusionAdapter
 
@@ -141,22 +142,15 @@ def ddpm_process(scheduler_config: Any) -> DDPMProcess:
     return DDPMProcess(scheduler.alphas_cumprod.float().cpu(), scheduler.config.prediction_type)
 
 
-def flow_process(scheduler_config: Any, flow_error: FlowError) -> RectifiedFlow:
-    """The rectified flow on the scheduler's timestep grid (no shift); flow_error: what the per-trial error compares."""
-    if flow_error not in FLOW_ERRORS:
-        raise UserInputError(f"unknown flow error {flow_error!r}; choose one of {', '.join(FLOW_ERRORS)}")
-    return RectifiedFlow(scheduler_config.num_train_timesteps, error=flow_error)
-
-
 # ---- a diffusers text-to-image pipeline behind the adapter interface --------------------------------------
 
 
 class DiffusersModel(DiffusionAdapter):
     """What SD, SDXL, SD3, PixArt and FLUX share; a family file states only its protocol.
 
-    A family sets the class attributes below, its forward process in __init__ (ddpm_process or flow_process),
-    and overrides prompt_rows (how prompts become condition rows) and predict_noise; where it differs it also
-    overrides components (load-time choices), default_size / size_step, and protocol (what describe records).
+    A family sets the class attributes below and overrides prompt_rows (how prompts become condition rows) and
+    predict_noise; where it differs it also overrides components (load-time choices), default_size / size_step,
+    and protocol (what describe records). The forward process is DDPM on the scheduler's betas (FlowModel: flow).
     x0 = (VAE posterior mean [- shift_factor]) x scaling_factor of the reference-preprocessed image.
     """
 
@@ -227,6 +221,11 @@ class DiffusersModel(DiffusionAdapter):
         found = pipeline_class(path)
         return found if found in cls.pipelines else cls.pipelines[0]
 
+    @cached_property
+    def forward_process(self) -> ForwardProcess:
+        """DDPM on the scheduler config's alpha_bar and prediction_type (PNDM, Euler, DPM-Solver: the same betas)."""
+        return ddpm_process(self.pipe.scheduler.config)
+
     @property
     def denoiser(self) -> torch.nn.Module:
         return getattr(self, self.denoiser_attr)
@@ -282,6 +281,27 @@ class DiffusersModel(DiffusionAdapter):
             **self.protocol(),
             **self.own_weights,
         }
+
+
+class FlowModel(DiffusersModel):
+    """A rectified-flow family (forward_process.RectifiedFlow, on the scheduler's timestep grid, no shift) whose
+    transformer takes pooled prompt embeddings; flow_error: what the per-trial error compares (eps or velocity)."""
+
+    options = frozenset({"flow_error"})
+
+    def __init__(
+        self,
+        pipe: Any,
+        image_size: int | None = None,
+        name: str = "",
+        own: dict[str, str] | None = None,
+        flow_error: FlowError = "eps",
+    ):
+        if flow_error not in FLOW_ERRORS:
+            raise UserInputError(f"unknown flow error {flow_error!r}; choose one of {', '.join(FLOW_ERRORS)}")
+        super().__init__(pipe, image_size, name, own)
+        self.forward_process = RectifiedFlow(pipe.scheduler.config.num_train_timesteps, error=flow_error)
+        self.pooled_dim = self.transformer.config.pooled_projection_dim
 
 
 def load_pipeline(cls: type[DiffusersModel], path: Path, dtype: torch.dtype, swap: Any, options: dict) -> Any:

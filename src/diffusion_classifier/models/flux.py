@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from ..forward_process import FlowError
-from ._diffusers import DiffusersModel, flow_process, pack_pooled, pipeline_family, unpack_pooled
+from ._diffusers import FlowModel, pack_pooled, pipeline_family, unpack_pooled
 
 #: dev's guidance embedding: 1.0, the scale at which the guidance-distilled model predicts the plain conditional v
 GUIDANCE = 1.0
@@ -31,27 +30,21 @@ def t5_length(guidance_embeds: bool) -> int:
 
 
 @pipeline_family("flux", "FLUX.1 schnell / dev (rectified flow, packed latents; CLIP pooled + T5), 1024 px")
-class FluxModel(DiffusersModel):
+class FluxModel(FlowModel):
     """x0 = (VAE mean - shift) x scale; conditions = encode_prompt's T5 + pooled CLIP; eps_hat from the packed v."""
 
     title = "FLUX"
     pipelines = ("FluxPipeline",)
     denoiser_class = "FluxTransformer2DModel"
-    options = frozenset({"flow_error"})
 
-    def __init__(
-        self,
-        pipe: Any,
-        image_size: int | None = None,
-        name: str = "",
-        own: dict[str, str] | None = None,
-        flow_error: FlowError = "eps",
-    ):
-        super().__init__(pipe, image_size, name, own)
-        self.forward_process = flow_process(pipe.scheduler.config, flow_error)
-        self.pooled_dim = self.transformer.config.pooled_projection_dim
-        self.guidance = self.transformer.config.guidance_embeds
-        self.text_length = t5_length(self.guidance)
+    @property
+    def guidance(self) -> bool:
+        """Whether the transformer embeds a guidance scale (dev: guidance-distilled; schnell: not)."""
+        return self.transformer.config.guidance_embeds
+
+    @property
+    def text_length(self) -> int:
+        return t5_length(self.guidance)
 
     def default_size(self) -> int:
         return self.pipe.default_sample_size * self.vae_scale_factor  # FluxPipeline's (1024 px), not the config's

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ._diffusers import DiffusersModel, ddpm_process, pack_pooled, pipeline_family, split_learned_sigma, unpack_pooled
+from ._diffusers import DiffusersModel, pack_pooled, pipeline_family, split_learned_sigma, unpack_pooled
 
 
 @pipeline_family("pixart", "PixArt-alpha / PixArt-Sigma (epsilon, learned sigma; T5 with its mask), 1024 px")
@@ -31,7 +31,6 @@ class PixArtModel(DiffusersModel):
 
     def __init__(self, pipe: Any, image_size: int | None = None, name: str = "", own: dict[str, str] | None = None):
         super().__init__(pipe, image_size, name, own)
-        self.forward_process = ddpm_process(pipe.scheduler.config)  # DPM-Solver's config: the same betas
         # the prompt length encode_prompt pads to (alpha 120, Sigma 300): the mask's length in the condition rows
         self.text_length = inspect.signature(pipe.encode_prompt).parameters["max_sequence_length"].default
 

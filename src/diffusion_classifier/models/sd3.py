@@ -17,30 +17,17 @@ from typing import Any
 
 import torch
 
-from ..forward_process import FlowError
-from ._diffusers import DiffusersModel, flow_process, pack_pooled, pipeline_family, unpack_pooled
+from ._diffusers import FlowModel, pack_pooled, pipeline_family, unpack_pooled
 
 
 @pipeline_family("sd3", "Stable Diffusion 3 / 3.5 (rectified flow, MMDiT; CLIP x2 + optional T5), 1024 px")
-class StableDiffusion3Model(DiffusersModel):
+class StableDiffusion3Model(FlowModel):
     """x0 = (VAE mean - shift) x scale; conditions = encode_prompt's embeddings + pooled; eps_hat from the flow v."""
 
     title = "Stable Diffusion 3"
     pipelines = ("StableDiffusion3Pipeline",)
     denoiser_class = "SD3Transformer2DModel"
-    options = frozenset({"no_t5", "flow_error"})
-
-    def __init__(
-        self,
-        pipe: Any,
-        image_size: int | None = None,
-        name: str = "",
-        own: dict[str, str] | None = None,
-        flow_error: FlowError = "eps",
-    ):
-        super().__init__(pipe, image_size, name, own)
-        self.forward_process = flow_process(pipe.scheduler.config, flow_error)
-        self.pooled_dim = self.transformer.config.pooled_projection_dim
+    options = FlowModel.options | {"no_t5"}
 
     @classmethod
     def components(cls, path: Path, options: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import UserInputError
-from ._diffusers import DiffusersModel, ddpm_process, pack_pooled, pipeline_family, unpack_pooled
+from ._diffusers import DiffusersModel, pack_pooled, pipeline_family, unpack_pooled
 
 
 @pipeline_family("sdxl", "Stable Diffusion XL base (epsilon; two CLIP encoders, pooled + size conditioning), 1024 px")
@@ -31,7 +31,6 @@ class StableDiffusionXLModel(DiffusersModel):
         if pipe.text_encoder_2 is None or pipe.tokenizer_2 is None:
             raise UserInputError(f"{name}: an SDXL pipeline without text_encoder_2/ cannot condition on prompts")
         super().__init__(pipe, image_size, name, own)
-        self.forward_process = ddpm_process(pipe.scheduler.config)  # Euler's config: SD's betas
         self.pooled_dim = pipe.text_encoder_2.config.projection_dim
         s = float(self.image_size)
         self.time_ids = torch.tensor([s, s, 0.0, 0.0, s, s])  # (original H, W, crop top, left, target H, W)

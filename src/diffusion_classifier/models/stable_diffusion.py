@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import UserInputError
-from ._diffusers import DiffusersModel, ddpm_process, pipeline_class, pipeline_family
+from ._diffusers import DiffusersModel, pipeline_class, pipeline_family
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -27,10 +27,6 @@ class StableDiffusionModel(DiffusersModel):
     denoiser_attr, denoiser_class = "unet", "UNet2DConditionModel"
     vae_shift = False
     float32_networks = frozenset()  # the VAE in the model's dtype, as the official code runs it
-
-    def __init__(self, pipe: Any, image_size: int | None = None, name: str = "", own: dict[str, str] | None = None):
-        super().__init__(pipe, image_size, name, own)
-        self.forward_process = ddpm_process(pipe.scheduler.config)
 
     @classmethod
     def detect(cls, path: Path) -> bool:
