@@ -119,8 +119,23 @@ def build_tiny_class_unet(path, class_names=("cat", "dog", "bird"), size: int = 
 
 
 @pytest.fixture(scope="session")
-def tiny_sd_path(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "pipe")
+def tiny_pipeline(tmp_path_factory):
+    """tiny_pipeline(name): the folder tiny_models.TINY[name] builds, built once a session."""
+    from tiny_models import TINY
+
+    built = {}
+
+    def folder(name: str):
+        if name not in built:
+            built[name] = TINY[name](tmp_path_factory.mktemp(name) / "pipe")
+        return built[name]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(tiny_pipeline):
+    return tiny_pipeline("stable-diffusion")
 
 
 @pytest.fixture(scope="session")

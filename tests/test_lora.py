@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from diffusion_classifier.cli import main
-from tiny_models import build_tiny_sd3, build_tiny_sdxl
+from tiny_models import build_tiny_sd3, build_tiny_sdxl, classify_json
 
 pytest.importorskip("peft")
 
@@ -49,11 +48,8 @@ def fused_copy(pipe_cls, folder, lora, scale: float, out):
 
 
 def errors_json(capsys, image, model, *extra) -> dict:
-    code = main(["classify", str(image), "--model", str(model), "--labels", "cat", "dog", "car",
-                 "--timesteps", "50,400,750", "--seed", "2", "--json", *map(str, extra)])  # fmt: skip
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return json.loads(out)["errors"]
+    args = [image, "--model", model, "--labels", "cat", "dog", "car", "--timesteps", "50,400,750", "--seed", "2"]
+    return classify_json(capsys, *args, *extra)["errors"]
 
 
 def assert_errors_close(a: dict, b: dict) -> None:

@@ -1,5 +1,6 @@
-"""PixArt-alpha / Sigma: the CLI's errors equal the DDPM protocol written straight from diffusers (encode_prompt's
-T5 embeddings and mask, VAE mean x scale, the scheduler's alpha_bar, micro-conditions, the eps half)."""
+"""PixArt-alpha / Sigma: the DDPM protocol written straight from diffusers (encode_prompt's T5 embeddings and mask,
+VAE mean x scale, the scheduler's alpha_bar, micro-conditions, the eps half), which the CLI's errors equal
+(test_models_conformance); and what only PixArt has: the mask rows, the swapped transformer, no LoRA."""
 
 from __future__ import annotations
 
@@ -9,29 +10,29 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_classifier import DiffusionClassifier, Full, Staged, count_calls
+from diffusion_classifier import DiffusionClassifier
 from diffusion_classifier.cli import main
 from diffusion_classifier.models import FAMILIES, load_adapter
-from tiny_models import build_tiny_pixart, reference_pixels
+from tiny_models import build_tiny_pixart, classify_json, reference_pixels
 
 LABELS = ["cat", "dog", "car"]
 PROMPTS = [f"a photo of a {x}." for x in LABELS]
 
 
 @pytest.fixture(scope="module")
-def alpha_path(tmp_path_factory):
+def alpha_path(tiny_pipeline):
     """PixArt-alpha with resolution / aspect-ratio micro-conditions (as the 1024 px model has)."""
-    return build_tiny_pixart(tmp_path_factory.mktemp("tiny-pixart") / "alpha", seed=6151)
+    return tiny_pipeline("pixart-alpha")
 
 
 @pytest.fixture(scope="module")
-def sigma_path(tmp_path_factory):
-    return build_tiny_pixart(tmp_path_factory.mktemp("tiny-pixart") / "sigma", seed=3407, sigma=True,
-                             additional_conditions=False)  # fmt: skip
+def sigma_path(tiny_pipeline):
+    return tiny_pipeline("pixart-sigma")
 
 
-def independent_errors(folder, image_path, prompts, trials, noise, size=None, transformer=None) -> np.ndarray:
-    """The PixArt protocol from diffusers' own parts: errors[prompt, trial] (l2) for trials (t, noise index)."""
+def independent_errors(folder, image_path, prompts, timesteps, noise, size=None, transformer=None) -> np.ndarray:
+    """The PixArt protocol from diffusers' own parts: errors[prompt, trial] (l2), trial i at timesteps[i] with
+    noise[i]."""
     import diffusers
 
     cls_name = json.loads((folder / "model_index.json").read_text())["_class_name"]
@@ -47,9 +48,9 @@ def independent_errors(folder, image_path, prompts, trials, noise, size=None, tr
         added = {"resolution": None, "aspect_ratio": None}
         if net.config.use_additional_conditions:  # PixArtAlphaPipeline's micro-conditions for (size, size)
             added = {"resolution": torch.tensor([[size, size]]).float(), "aspect_ratio": torch.tensor([[1.0]])}
-        out = np.zeros((len(prompts), len(trials)))
-        for i, (t, j) in enumerate(trials):
-            eps = noise[j : j + 1]
+        out = np.zeros((len(prompts), len(timesteps)))
+        for i, t in enumerate(timesteps):
+            eps = noise[i : i + 1]
             x_t = alphas[t] ** 0.5 * x0 + (1 - alphas[t]) ** 0.5 * eps
             for k in range(len(prompts)):
                 pred = net(x_t, encoder_hidden_states=emb[k : k + 1], encoder_attention_mask=mask[k : k + 1],
@@ -57,50 +58,6 @@ def independent_errors(folder, image_path, prompts, trials, noise, size=None, tr
                 pred = pred.chunk(2, dim=1)[0]  # learned sigma: the eps half
                 out[k, i] = ((eps - pred) ** 2).mean().item()
     return out
-
-
-def classify_json(capsys, *args) -> dict:
-    code = main(["classify", *map(str, args), "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return json.loads(out)
-
-
-@pytest.mark.parametrize("variant,size", [("alpha", None), ("alpha", 32), ("sigma", None)])
-def test_pixart_cli_errors_equal_the_diffusers_protocol(
-    alpha_path, sigma_path, image_files, tmp_path, capsys, variant, size
-):
-    folder = alpha_path if variant == "alpha" else sigma_path
-    timesteps = [3, 280, 555, 990]
-    s = (size or 16) // 2
-    noise = torch.randn(len(timesteps), 4, s, s, generator=torch.Generator().manual_seed(61))
-    torch.save(noise, tmp_path / "noise.pt")
-    extra = [] if size is None else ["--image-size", size]
-    steps = ",".join(map(str, timesteps))
-    result = classify_json(capsys, image_files[0], "--model", folder, "--labels", *LABELS, *extra,
-                           "--timesteps", steps, "--noise-file", tmp_path / "noise.pt")  # fmt: skip
-    expected = independent_errors(folder, image_files[0], PROMPTS, list(zip(timesteps, range(4))), noise, size)
-    for k, label in enumerate(LABELS):
-        assert result["errors"][label]["timesteps"] == timesteps
-        np.testing.assert_allclose(result["errors"][label]["values"], expected[k], rtol=1e-4)
-    assert result["prediction"] == LABELS[int(expected.mean(1).argmin())]
-    assert result["calls"] == len(LABELS) * len(timesteps)
-
-
-def test_pixart_staged_survivors_prediction_and_call_count(alpha_path, image_files, tmp_path, capsys):
-    noise = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(62))
-    torch.save(noise, tmp_path / "noise.pt")
-    result = classify_json(capsys, image_files[1], "--model", alpha_path, "--labels", *LABELS, "--to-keep", "2", "1",
-                           "--n-samples", "2", "4", "--noise-file", tmp_path / "noise.pt")  # fmt: skip
-    trials = [(375, 0), (875, 1), (125, 2), (625, 3)]  # stage 1: 375, 875; stage 2 adds 125, 625
-    expected = independent_errors(alpha_path, image_files[1], PROMPTS, trials, noise)
-    survivors = sorted(np.argsort(expected[:, :2].mean(1), kind="stable")[:2])
-    assert result["calls"] == count_calls(Staged((2, 4), (2, 1)), 3) == 10
-    for k, label in enumerate(LABELS):
-        n = 4 if k in survivors else 2
-        assert result["errors"][label]["timesteps"] == [t for t, _ in trials[:n]]
-        np.testing.assert_allclose(result["errors"][label]["values"], expected[k, :n], rtol=1e-4)
-    assert result["prediction"] == LABELS[min(survivors, key=lambda k: expected[k].mean())]
 
 
 def test_pixart_transformer_option_swaps_the_denoiser(alpha_path, image_files, tmp_path, capsys):
@@ -112,7 +69,7 @@ def test_pixart_transformer_option_swaps_the_denoiser(alpha_path, image_files, t
     result = classify_json(capsys, image_files[2], "--model", alpha_path, "--labels", *LABELS, "--transformer", other,
                            "--timesteps", "100,700", "--noise-file", tmp_path / "noise.pt")  # fmt: skip
     swapped = PixArtTransformer2DModel.from_pretrained(other, subfolder="transformer")
-    expected = independent_errors(alpha_path, image_files[2], PROMPTS, [(100, 0), (700, 1)], noise, transformer=swapped)
+    expected = independent_errors(alpha_path, image_files[2], PROMPTS, [100, 700], noise, transformer=swapped)
     for k, label in enumerate(LABELS):
         np.testing.assert_allclose(result["errors"][label]["values"], expected[k], rtol=1e-4)
     model = load_adapter(str(alpha_path), device="cpu", transformer=str(other))
@@ -135,24 +92,10 @@ def test_pixart_family_rows_and_a_float32_vae(alpha_path, sigma_path):
     assert alpha.describe()["text_length"] == 120 and alpha.describe()["pipeline"] == "PixArtAlphaPipeline"
 
 
-def test_pixart_predictions_in_python_and_rejected_options(alpha_path, image_files, capsys):
+def test_pixart_defaults_in_python_and_rejected_options(alpha_path, image_files, capsys):
     clf = DiffusionClassifier.from_pretrained(alpha_path, device="cpu")
     assert clf.model.image_size == 16 and clf.model.describe()["prediction_type"] == "epsilon"
-    r = clf(image_files[1], labels=["cat", "dog"], schedule=Full((250, 750)), seed=3)
-    assert r.calls == 4 and r.prediction == min(r.errors, key=lambda k: sum(r.errors[k]["values"]))
     args = ["classify", str(image_files[0]), "--model", str(alpha_path), "--labels", "a", "b"]
     assert main([*args, "--lora", "x"]) == 2 and "--lora applies to" in capsys.readouterr().err
     code = main([*args, "--image-size", "18"])
     assert code == 2 and "multiple of 4" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 5e-2)])
-def test_pixart_fast_path_agrees(alpha_path, dtype, tol):
-    from dataclasses import replace
-
-    from diffusion_classifier.fast import FastConfig, FastModel
-
-    model = load_adapter(str(alpha_path), device="cpu")
-    fast = FastModel(model, replace(FastConfig.for_device("cpu"), dtype=dtype, min_bucket=4))
-    x, t, c = torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999]), model.condition(["a", "bb", "ccc"])
-    torch.testing.assert_close(fast.predict_noise(x, t, c).float(), model.predict_noise(x, t, c), rtol=tol, atol=tol)

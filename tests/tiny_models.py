@@ -1,4 +1,5 @@
-"""Tiny SDXL and SD3 pipelines built from configs with random weights (seeded), saved with save_pretrained.
+"""Tiny SDXL, SD3, PixArt and FLUX pipelines built from configs with random weights (seeded), saved with
+save_pretrained; TINY names the folders the model tests share (conftest.tiny_pipeline builds each once a session).
 
 The shapes follow diffusers' own pipeline tests; every tokenizer is made offline (conftest.write_tiny_clip_tokenizer,
 and a character-level T5 unigram vocabulary).
@@ -6,11 +7,23 @@ and a character-level T5 unigram vocabulary).
 
 from __future__ import annotations
 
+import json
 import string
+from functools import partial
 
 import torch
 
-from conftest import write_tiny_clip_tokenizer
+from conftest import build_tiny_sd, write_tiny_clip_tokenizer
+
+
+def classify_json(capsys, *args) -> dict:
+    """`classify ARGS --json`: its JSON result (the command must succeed)."""
+    from diffusion_classifier.cli import main
+
+    code = main(["classify", *map(str, args), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
 
 
 def reference_pixels(image_path, size: int) -> torch.Tensor:
@@ -182,3 +195,15 @@ def build_tiny_flux(path, seed: int = 0, guidance: bool = False):
     )  # fmt: skip
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+#: The shared tiny folders: name -> builder(path) -> path (seeds nobody tuned; each family's tests read these).
+TINY = {
+    "stable-diffusion": build_tiny_sd,
+    "sdxl": partial(build_tiny_sdxl, seed=20260417),
+    "sd3": partial(build_tiny_sd3, seed=8128),
+    "pixart-alpha": partial(build_tiny_pixart, seed=6151),  # with the 1024 px model's micro-conditions
+    "pixart-sigma": partial(build_tiny_pixart, seed=3407, sigma=True, additional_conditions=False),
+    "flux-schnell": partial(build_tiny_flux, seed=4093),
+    "flux-dev": partial(build_tiny_flux, seed=1847, guidance=True),
+}

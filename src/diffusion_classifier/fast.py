@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .data.images import DEFAULT_OPTIONS, ImageOptions
 from .errors import UserInputError
 from .forward_process import ForwardProcess
 from .models.base import DiffusionAdapter
@@ -31,7 +32,6 @@ from .names import COMPILE_MODES
 log = logging.getLogger(__name__)
 
 FAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-DENOISER_ATTRS = ("unet", "transformer")  # where adapters that set no denoiser_attr keep their network
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,9 @@ def bucket(n: int, limit: int, smallest: int = 8) -> int:
 
 
 def find_denoiser(model: DiffusionAdapter) -> str:
-    """The attribute of model that holds its denoiser network."""
-    names = [model.denoiser_attr] if getattr(model, "denoiser_attr", None) else list(DENOISER_ATTRS)
-    for name in names:
-        if isinstance(getattr(model, name, None), torch.nn.Module):
-            return name
+    """The attribute of model that holds its denoiser network (its denoiser_attr)."""
+    if model.denoiser_attr is not None and isinstance(getattr(model, model.denoiser_attr), torch.nn.Module):
+        return model.denoiser_attr
     raise UserInputError(f"{type(model).__name__} has no denoiser network the fast path can optimise; use --no-fast")
 
 
@@ -116,7 +114,7 @@ class FastModel(DiffusionAdapter):
     def __init__(self, model: DiffusionAdapter, config: FastConfig | None = None):
         self.inner = model  # left as loaded: the reference and the safe fallback
         # an adapter may pin settings its published arithmetic needs (DiT: float32, no TF32)
-        self.config = config or FastConfig.for_device(model.device, **getattr(model, "fast_overrides", {}))
+        self.config = config or FastConfig.for_device(model.device, **model.fast_overrides)
         attr = find_denoiser(model)
         net = getattr(model, attr)
         self.channels_last = (
@@ -160,6 +158,9 @@ class FastModel(DiffusionAdapter):
     @property
     def latent_shape(self) -> tuple[int, ...]:
         return self.inner.latent_shape
+
+    def open_image(self, source: Any, options: ImageOptions = DEFAULT_OPTIONS) -> Any:
+        return self.inner.open_image(source, options)
 
     def encode(self, image: Any) -> torch.Tensor:
         return self.inner.encode(image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -197,6 +198,12 @@ def model_catalog() -> dict[str, list[dict]]:
     return {"families": families, "aliases": aliases}
 
 
+#: The family modules, in the order families are listed and tried (each registers its families on import);
+#: messages that name families keep this order.
+FAMILY_MODULES = ("class_conditional", "flux", "pixart", "sd3", "stable_diffusion", "sdxl")
+
+
 def _import_families() -> None:
     """Import the family modules so they register themselves (kept lazy: diffusers is slow to import)."""
-    from . import class_conditional, flux, pixart, sd3, sdxl, stable_diffusion  # noqa: F401
+    for module in FAMILY_MODULES:
+        importlib.import_module(f".{module}", __name__)

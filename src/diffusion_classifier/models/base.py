@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from functools import cached_property
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from ..data.images import DEFAULT_OPTIONS, ImageOptions, load_image
 from ..forward_process import DDPMProcess, ForwardProcess
 
 if TYPE_CHECKING:
@@ -85,3 +88,27 @@ class DiffusionAdapter(ABC):
     def describe(self) -> dict[str, Any]:
         """A JSON-able description of the model, recorded beside results."""
         return {"adapter": type(self).__name__}
+
+    # ---- devices, dtypes and inputs ----------------------------------------------------------------------
+
+    #: FastConfig fields this model pins on the fast path (fast.py), e.g. DiT's official float32 arithmetic.
+    fast_overrides: Mapping[str, Any] = MappingProxyType({})
+    #: Networks (names in networks()) that stay float32 whatever the dtype (a VAE that overflows in float16).
+    float32_networks: frozenset[str] = frozenset()
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """The torch networks this adapter runs, by name (to() moves them); none for an analytic model."""
+        return {}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DiffusionAdapter:
+        """This adapter with its networks on device and cast to dtype (float32_networks keep float32); self."""
+        device = self.device if device is None else torch.device(device)
+        for name, net in self.networks().items():
+            cast = dtype if dtype is not None and name not in self.float32_networks else None
+            net.to(device=device, dtype=cast)
+        self.device, self.dtype = device, dtype or self.dtype
+        return self
+
+    def open_image(self, source: Any, options: ImageOptions = DEFAULT_OPTIONS) -> Any:
+        """What encode takes, from what a caller gives (a path, bytes, a PIL image): an image model's PIL image."""
+        return load_image(source, options)

@@ -14,7 +14,6 @@ Folder layouts:
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import center_crop, check_aspect, load_image, resize_short_side, to_tensor
+from ..data.images import center_crop, check_aspect, resize_short_side, to_tensor
 from ..data.prompts import shown
 from ..errors import UserInputError
 from ..files import read_json_object
@@ -31,7 +30,7 @@ from ..forward_process import DDPMProcess, ddpm_from_float64
 from ..names import DIT_NETWORKS
 from ..schedules import get_schedule, schedule_from_dict
 from . import Family, register_family
-from ._diffusers import split_learned_sigma
+from ._diffusers import load_failed, pipeline_class, split_learned_sigma, vae_latent
 from .base import DiffusionAdapter
 
 UNET_CONFIG = "classifier_config.json"
@@ -106,11 +105,6 @@ def load_alphas_cumprod_float64(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.cumprod(1.0 - betas))
 
 
-def load_failed(what: str, path: Path, exc: Exception) -> UserInputError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    return UserInputError(f"cannot load {what} from {path}: {first}")
-
-
 # ---- UNet2DModel with class embeddings (pixel space) ----------------------------------------------------
 
 
@@ -118,6 +112,7 @@ class ClassUNetModel(DiffusionAdapter):
     """x0 = the image itself in [-1, 1] (grayscale when the model has one channel); cond = class ids."""
 
     conditioning = "class"
+    denoiser_attr = "unet"
 
     def __init__(self, unet, alphas_cumprod: torch.Tensor, config: dict[str, Any], name: str = ""):
         self.unet, self.name, self.config = unet, name, config
@@ -161,8 +156,11 @@ class ClassUNetModel(DiffusionAdapter):
     def latent_shape(self) -> tuple[int, ...]:
         return (self.channels, self.image_size, self.image_size)
 
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet}
+
     def encode(self, image: Any) -> torch.Tensor:
-        img = load_image(image).convert("L" if self.channels == 1 else "RGB")
+        img = self.open_image(image).convert("L" if self.channels == 1 else "RGB")
         if img.size != (self.image_size, self.image_size):
             img = center_crop(resize_short_side(img, self.image_size), self.image_size)
         return to_tensor(img, self.channels)
@@ -237,6 +235,7 @@ class DiTModel(DiffusionAdapter):
     """
 
     conditioning = "class"
+    denoiser_attr = "transformer"
 
     def __init__(
         self,
@@ -260,8 +259,6 @@ class DiTModel(DiffusionAdapter):
         self.class_names, aliases = dit_labels(id2label, n)
         self._index = label_index(self.class_names, aliases)
         self.default_schedule = get_schedule("dit")  # the published protocol: what runs when none is named
-        if self.dtype == torch.float32:  # read by the fast path (fast.py): the official float32 arithmetic
-            self.fast_overrides = {"dtype": "float32", "tf32": False}
 
     @classmethod
     def from_pretrained(
@@ -303,15 +300,20 @@ class DiTModel(DiffusionAdapter):
         s = self.transformer.config.sample_size
         return (self.transformer.config.in_channels, s, s)
 
-    @torch.inference_mode()
+    @property
+    def fast_overrides(self) -> dict[str, Any]:
+        """Loaded in float32, the fast path keeps the official float32 arithmetic (no TF32 matmuls)."""
+        return {"dtype": "float32", "tf32": False} if self.dtype == torch.float32 else {}
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"transformer": self.transformer, "vae": self.vae}
+
     def encode(self, image: Any) -> torch.Tensor:
         # RGB first, then the ADM crop: the official DiT eval's transform has no RGB step; its datasets
         # (torchvision ImageFolder's loader) convert each image to RGB when they open it
-        img = load_image(image).convert("RGB")
+        img = self.open_image(image).convert("RGB")
         check_aspect(img.size, self.image_size)
-        img = adm_center_crop(img, self.image_size)
-        x = to_tensor(img)[None].to(self.device, self.vae.dtype)
-        return (self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor)[0].float()
+        return vae_latent(self.vae, to_tensor(adm_center_crop(img, self.image_size)), shift=False)
 
     def condition(self, conditions: list[str]) -> torch.Tensor:
         return class_ids(conditions, self._index, len(self.class_names)).to(self.device)
@@ -332,13 +334,7 @@ class DiTModel(DiffusionAdapter):
 
 
 def is_dit_folder(path: Path) -> bool:
-    index = path / "model_index.json"
-    if not index.is_file():
-        return False
-    try:
-        return json.loads(index.read_text()).get("_class_name") == "DiTPipeline"
-    except (json.JSONDecodeError, OSError):
-        return False
+    return pipeline_class(path) == "DiTPipeline"
 
 
 register_family(

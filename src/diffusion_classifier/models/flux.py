@@ -13,25 +13,11 @@ max_sequence_length): T5 embeddings (L, 4096) and the pooled CLIP embedding (768
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import UserInputError
-from ..forward_process import FLOW_ERRORS, FlowError, RectifiedFlow
-from . import Family, register_family
-from ._diffusers import (
-    apply_lora,
-    load_denoiser,
-    load_failed,
-    own_weights,
-    pack_pooled,
-    pipeline_class,
-    unpack_pooled,
-    vae_latent,
-)
-from .base import DiffusionAdapter
+from ._diffusers import FlowModel, pack_pooled, pipeline_family, unpack_pooled
 
 #: dev's guidance embedding: 1.0, the scale at which the guidance-distilled model predicts the plain conditional v
 GUIDANCE = 1.0
@@ -43,78 +29,35 @@ def t5_length(guidance_embeds: bool) -> int:
     return 512 if guidance_embeds else 256
 
 
-class FluxModel(DiffusionAdapter):
+@pipeline_family("flux", "FLUX.1 schnell / dev (rectified flow, packed latents; CLIP pooled + T5), 1024 px")
+class FluxModel(FlowModel):
     """x0 = (VAE mean - shift) x scale; conditions = encode_prompt's T5 + pooled CLIP; eps_hat from the packed v."""
 
-    conditioning = "text"
-    denoiser_attr = "transformer"
-
-    def __init__(self, pipe, image_size: int | None = None, flow_error: FlowError = "eps", name: str = ""):
-        if flow_error not in FLOW_ERRORS:
-            raise UserInputError(f"unknown flow error {flow_error!r}; choose one of {', '.join(FLOW_ERRORS)}")
-        self.pipe, self.transformer, self.vae, self.name = pipe, pipe.transformer, pipe.vae, name
-        self.device, self.dtype = self.transformer.device, self.transformer.dtype
-        self.forward_process = RectifiedFlow(pipe.scheduler.config.num_train_timesteps, error=flow_error)
-        self.pooled_dim = self.transformer.config.pooled_projection_dim
-        self.guidance = self.transformer.config.guidance_embeds
-        self.text_length = t5_length(self.guidance)
-        self.vae_scale_factor = pipe.vae_scale_factor
-        self.image_size = image_size or pipe.default_sample_size * self.vae_scale_factor
-        if self.image_size % (2 * self.vae_scale_factor):  # latents are packed in 2 x 2 patches
-            raise UserInputError(f"--image-size must be a multiple of {2 * self.vae_scale_factor} for this model")
-        self.own_weights: dict[str, str] = {}
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: Path,
-        dtype: torch.dtype,
-        device: torch.device,
-        image_size: int | None = None,
-        transformer: str | None = None,
-        lora: str | None = None,
-        lora_scale: float = 1.0,
-        flow_error: FlowError = "eps",
-        **_: Any,
-    ) -> FluxModel:
-        """Components from a pipeline folder; transformer: a fine-tuned one instead; lora: fused in (scale)."""
-        from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
-
-        kw: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}
-        if transformer is not None:
-            kw["transformer"] = load_denoiser(FluxTransformer2DModel, transformer, "transformer", dtype)
-        try:  # the VAE in float32: one encode per image, no overflow
-            kw["vae"] = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
-            pipe = FluxPipeline.from_pretrained(path, **kw)
-        except (OSError, ValueError, TypeError) as exc:
-            raise load_failed("FLUX", path, exc) from None
-        if lora is not None:
-            apply_lora(pipe, lora, lora_scale)
-        for m in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            m.to(device).eval().requires_grad_(False)
-        model = cls(pipe, image_size=image_size, flow_error=flow_error, name=str(path))
-        model.own_weights = own_weights(("transformer", transformer), lora, lora_scale)
-        return model
+    title = "FLUX"
+    pipelines = ("FluxPipeline",)
+    denoiser_class = "FluxTransformer2DModel"
 
     @property
-    def latent_shape(self) -> tuple[int, ...]:
-        s = self.image_size // self.vae_scale_factor
-        return (self.transformer.config.in_channels // 4, s, s)  # the transformer sees 2 x 2 patches: 4 C channels
+    def guidance(self) -> bool:
+        """Whether the transformer embeds a guidance scale (dev: guidance-distilled; schnell: not)."""
+        return self.transformer.config.guidance_embeds
 
-    def encode(self, image: Any) -> torch.Tensor:
-        return vae_latent(self.vae, image, self.image_size)
+    @property
+    def text_length(self) -> int:
+        return t5_length(self.guidance)
 
-    @torch.inference_mode()
-    def condition(self, conditions: list[str]) -> torch.Tensor:
-        """Per prompt: encode_prompt's T5 embeddings (L, D) with the pooled CLIP embedding packed in extra rows."""
-        rows = []
-        for start in range(0, len(conditions), 64):
-            embeds, pooled, _ = self.pipe.encode_prompt(
-                conditions[start : start + 64], prompt_2=None, device=self.device, num_images_per_prompt=1,
-                max_sequence_length=self.text_length,
-            )  # fmt: skip
-            rows.append(pack_pooled(embeds, pooled))
-        return torch.cat(rows)
+    def default_size(self) -> int:
+        return self.pipe.default_sample_size * self.vae_scale_factor  # FluxPipeline's (1024 px), not the config's
+
+    def size_step(self) -> int:
+        return 2 * self.vae_scale_factor  # latents are packed in 2 x 2 patches
+
+    def prompt_rows(self, prompts: list[str]) -> torch.Tensor:
+        """encode_prompt's T5 embeddings (L, D) with the pooled CLIP embedding packed in extra rows."""
+        embeds, pooled, _ = self.pipe.encode_prompt(
+            prompts, prompt_2=None, device=self.device, num_images_per_prompt=1, max_sequence_length=self.text_length
+        )
+        return pack_pooled(embeds, pooled)
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         embeds, pooled = unpack_pooled(cond, self.pooled_dim)
@@ -131,30 +74,6 @@ class FluxModel(DiffusionAdapter):
         v = self.pipe._unpack_latents(v, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor)
         return self.forward_process.prediction(v, x_t, t)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "adapter": "FluxModel",
-            "model": self.name,
-            "image_size": self.image_size,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "parameterization": "flow",
-            "flow_error": self.forward_process.error,
-            "guidance": GUIDANCE if self.guidance else None,
-            "text_length": self.text_length,
-            **self.own_weights,
-        }
-
-
-def is_flux_folder(path: Path) -> bool:
-    return pipeline_class(path) == "FluxPipeline"
-
-
-register_family(
-    Family(
-        "flux",
-        is_flux_folder,
-        FluxModel.from_pretrained,
-        options=frozenset({"image_size", "transformer", "lora", "lora_scale", "flow_error"}),
-        description="FLUX.1 schnell / dev (rectified flow, packed latents; CLIP pooled + T5), 1024 px",
-    )
-)
+    def protocol(self) -> dict[str, Any]:
+        guidance = GUIDANCE if self.guidance else None
+        return {**super().protocol(), "guidance": guidance, "text_length": self.text_length}

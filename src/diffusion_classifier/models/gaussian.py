@@ -41,14 +41,23 @@ class GaussianClassModel(DiffusionAdapter):
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(self.means.shape[1:])
 
+    def open_image(self, source: Any, options: Any = None) -> torch.Tensor:
+        """x0 itself: an array of the latent's size (this model has no images)."""
+        return torch.as_tensor(source, dtype=torch.float32)
+
     def encode(self, image: Any) -> torch.Tensor:
-        return torch.as_tensor(image, dtype=torch.float32).reshape(self.latent_shape)
+        return self.open_image(image).reshape(self.latent_shape)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GaussianClassModel:
+        super().to(device, dtype)
+        self.means = self.means.to(self.device)
+        return self
 
     def condition(self, conditions: list[str]) -> torch.Tensor:
         return torch.tensor([self.class_names.index(c) for c in conditions])
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        a = self.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
         mu = self.means[cond]
         return (1 - a).sqrt() / (a * self.std**2 + 1 - a) * (x_t - a.sqrt() * mu)
 

@@ -17,97 +17,32 @@ from typing import Any
 
 import torch
 
-from ..errors import UserInputError
-from ..forward_process import FLOW_ERRORS, FlowError, RectifiedFlow
-from . import Family, register_family
-from ._diffusers import (
-    apply_lora,
-    load_denoiser,
-    load_failed,
-    own_weights,
-    pack_pooled,
-    pipeline_class,
-    unpack_pooled,
-    vae_latent,
-)
-from .base import DiffusionAdapter
+from ._diffusers import FlowModel, pack_pooled, pipeline_family, unpack_pooled
 
 
-class StableDiffusion3Model(DiffusionAdapter):
+@pipeline_family("sd3", "Stable Diffusion 3 / 3.5 (rectified flow, MMDiT; CLIP x2 + optional T5), 1024 px")
+class StableDiffusion3Model(FlowModel):
     """x0 = (VAE mean - shift) x scale; conditions = encode_prompt's embeddings + pooled; eps_hat from the flow v."""
 
-    conditioning = "text"
-    denoiser_attr = "transformer"
-
-    def __init__(self, pipe, image_size: int | None = None, flow_error: FlowError = "eps", name: str = ""):
-        if flow_error not in FLOW_ERRORS:
-            raise UserInputError(f"unknown flow error {flow_error!r}; choose one of {', '.join(FLOW_ERRORS)}")
-        self.pipe, self.transformer, self.vae, self.name = pipe, pipe.transformer, pipe.vae, name
-        self.device, self.dtype = self.transformer.device, self.transformer.dtype
-        self.forward_process = RectifiedFlow(pipe.scheduler.config.num_train_timesteps, error=flow_error)
-        self.pooled_dim = self.transformer.config.pooled_projection_dim
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.image_size = image_size or self.transformer.config.sample_size * self.vae_scale_factor
-        if self.image_size % (self.vae_scale_factor * self.transformer.config.patch_size):
-            step = self.vae_scale_factor * self.transformer.config.patch_size
-            raise UserInputError(f"--image-size must be a multiple of {step} for this model")
-        self.own_weights: dict[str, str] = {}
+    title = "Stable Diffusion 3"
+    pipelines = ("StableDiffusion3Pipeline",)
+    denoiser_class = "SD3Transformer2DModel"
+    options = FlowModel.options | {"no_t5"}
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: Path,
-        dtype: torch.dtype,
-        device: torch.device,
-        image_size: int | None = None,
-        transformer: str | None = None,
-        lora: str | None = None,
-        lora_scale: float = 1.0,
-        no_t5: bool = False,
-        flow_error: FlowError = "eps",
-        **_: Any,
-    ) -> StableDiffusion3Model:
+    def components(cls, path: Path, options: dict[str, Any]) -> dict[str, Any]:
         """no_t5: leave the T5 encoder out (saves ~9 GB at float16; its positions get zeros, as the pipeline does)."""
-        from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
+        if options.pop("no_t5", False) or not (path / "text_encoder_3").is_dir():  # a folder saved without T5
+            return {"text_encoder_3": None, "tokenizer_3": None}
+        return {}
 
-        kw: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}
-        if no_t5 or not (path / "text_encoder_3").is_dir():  # a folder saved without T5 lists no entry for it
-            kw.update(text_encoder_3=None, tokenizer_3=None)
-        if transformer is not None:
-            kw["transformer"] = load_denoiser(SD3Transformer2DModel, transformer, "transformer", dtype)
-        try:  # the VAE in float32: one encode per image, no overflow
-            kw["vae"] = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
-            pipe = StableDiffusion3Pipeline.from_pretrained(path, **kw)
-        except (OSError, ValueError, TypeError) as exc:
-            raise load_failed("Stable Diffusion 3", path, exc) from None
-        if lora is not None:
-            apply_lora(pipe, lora, lora_scale)
-        for m in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
-            if m is not None:
-                m.to(device).eval().requires_grad_(False)
-        model = cls(pipe, image_size=image_size, flow_error=flow_error, name=str(path))
-        model.own_weights = own_weights(("transformer", transformer), lora, lora_scale)
-        return model
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        s = self.image_size // self.vae_scale_factor
-        return (self.transformer.config.in_channels, s, s)
-
-    def encode(self, image: Any) -> torch.Tensor:
-        return vae_latent(self.vae, image, self.image_size)
-
-    @torch.inference_mode()
-    def condition(self, conditions: list[str]) -> torch.Tensor:
-        """Per prompt: encode_prompt's prompt embeddings (L, D) with its pooled embedding packed in extra rows."""
-        rows = []
-        for start in range(0, len(conditions), 64):
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                conditions[start : start + 64], prompt_2=None, prompt_3=None, device=self.device,
-                num_images_per_prompt=1, do_classifier_free_guidance=False,
-            )  # fmt: skip
-            rows.append(pack_pooled(embeds, pooled))
-        return torch.cat(rows)
+    def prompt_rows(self, prompts: list[str]) -> torch.Tensor:
+        """encode_prompt's prompt embeddings (L, D) with the pooled embedding packed in extra rows."""
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+        )  # fmt: skip
+        return pack_pooled(embeds, pooled)
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         embeds, pooled = unpack_pooled(cond, self.pooled_dim)
@@ -117,29 +52,5 @@ class StableDiffusion3Model(DiffusionAdapter):
         ).sample
         return self.forward_process.prediction(v, x_t, t)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "adapter": "StableDiffusion3Model",
-            "model": self.name,
-            "image_size": self.image_size,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "parameterization": "flow",
-            "flow_error": self.forward_process.error,
-            "t5": self.pipe.text_encoder_3 is not None,
-            **self.own_weights,
-        }
-
-
-def is_sd3_folder(path: Path) -> bool:
-    return pipeline_class(path) == "StableDiffusion3Pipeline"
-
-
-register_family(
-    Family(
-        "sd3",
-        is_sd3_folder,
-        StableDiffusion3Model.from_pretrained,
-        options=frozenset({"image_size", "transformer", "lora", "lora_scale", "no_t5", "flow_error"}),
-        description="Stable Diffusion 3 / 3.5 (rectified flow, MMDiT; CLIP x2 + optional T5), 1024 px",
-    )
-)
+    def protocol(self) -> dict[str, Any]:
+        return {**super().protocol(), "t5": self.pipe.text_encoder_3 is not None}

@@ -10,75 +10,41 @@ the input size (original size = target size, crop at (0, 0)); the UNet predicts 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import UserInputError
-from . import Family, register_family
-from ._diffusers import apply_lora, load_denoiser, load_failed, own_weights, pack_pooled, pipeline_class, unpack_pooled
-from .stable_diffusion import StableDiffusionModel
+from ._diffusers import DiffusersModel, pack_pooled, pipeline_family, unpack_pooled
 
 
-class StableDiffusionXLModel(StableDiffusionModel):
-    """SD's adapter with SDXL's conditions: prompt and pooled embeddings, and the size time_ids."""
+@pipeline_family("sdxl", "Stable Diffusion XL base (epsilon; two CLIP encoders, pooled + size conditioning), 1024 px")
+class StableDiffusionXLModel(DiffusersModel):
+    """SD's protocol with SDXL's conditions: prompt and pooled embeddings, and the size time_ids."""
 
-    def __init__(self, pipe, image_size: int | None = None, name: str = ""):
-        from diffusers import DDPMScheduler
+    title = "Stable Diffusion XL"
+    pipelines = ("StableDiffusionXLPipeline",)
+    denoiser_attr, denoiser_class = "unet", "UNet2DConditionModel"
+    vae_shift = False
 
-        # alpha_bar and prediction_type from the pipeline's scheduler config (Euler for SDXL: the same betas)
-        scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        super().__init__(pipe.unet, pipe.vae, pipe.text_encoder_2, pipe.tokenizer_2, scheduler, image_size, name)
-        self.pipe = pipe  # encode_prompt is the pipeline's own
+    def __init__(self, pipe: Any, image_size: int | None = None, name: str = "", own: dict[str, str] | None = None):
+        if pipe.text_encoder_2 is None or pipe.tokenizer_2 is None:
+            raise UserInputError(f"{name}: an SDXL pipeline without text_encoder_2/ cannot condition on prompts")
+        super().__init__(pipe, image_size, name, own)
         self.pooled_dim = pipe.text_encoder_2.config.projection_dim
         s = float(self.image_size)
         self.time_ids = torch.tensor([s, s, 0.0, 0.0, s, s])  # (original H, W, crop top, left, target H, W)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: Path,
-        dtype: torch.dtype,
-        device: torch.device,
-        image_size: int | None = None,
-        unet: str | None = None,
-        lora: str | None = None,
-        lora_scale: float = 1.0,
-        **_: Any,
-    ) -> StableDiffusionXLModel:
-        from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    def components(cls, path, options: dict[str, Any]) -> dict[str, Any]:
+        return {"add_watermarker": False}
 
-        kw: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True, "add_watermarker": False}
-        if unet is not None:
-            kw["unet"] = load_denoiser(UNet2DConditionModel, unet, "unet", dtype)
-        try:  # the VAE in float32 always: SDXL's overflows in float16
-            kw["vae"] = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
-            pipe = StableDiffusionXLPipeline.from_pretrained(path, **kw)
-        except (OSError, ValueError, TypeError) as exc:
-            raise load_failed("Stable Diffusion XL", path, exc) from None
-        if pipe.text_encoder_2 is None or pipe.tokenizer_2 is None:
-            raise UserInputError(f"{path}: an SDXL pipeline without text_encoder_2/ cannot condition on prompts")
-        if lora is not None:
-            apply_lora(pipe, lora, lora_scale)
-        for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            if m is not None:
-                m.to(device).eval().requires_grad_(False)
-        model = cls(pipe, image_size=image_size, name=str(path))
-        model.own_weights = own_weights(("unet", unet), lora, lora_scale)
-        return model
-
-    @torch.inference_mode()
-    def condition(self, conditions: list[str]) -> torch.Tensor:
-        """Per prompt: encode_prompt's prompt embeddings (L, D) with its pooled embedding packed in extra rows."""
-        rows = []
-        for start in range(0, len(conditions), 64):
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                conditions[start : start + 64], device=self.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=False,
-            )  # fmt: skip
-            rows.append(pack_pooled(embeds, pooled))
-        return torch.cat(rows)
+    def prompt_rows(self, prompts: list[str]) -> torch.Tensor:
+        """encode_prompt's prompt embeddings (L, D) with the pooled embedding packed in extra rows."""
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return pack_pooled(embeds, pooled)
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         embeds, pooled = unpack_pooled(cond, self.pooled_dim)
@@ -86,21 +52,3 @@ class StableDiffusionXLModel(StableDiffusionModel):
         added = {"text_embeds": pooled, "time_ids": time_ids}
         out = self.unet(x_t, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
         return self.forward_process.prediction(out, x_t, t)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "adapter": "StableDiffusionXLModel"}
-
-
-def is_sdxl_folder(path: Path) -> bool:
-    return pipeline_class(path) == "StableDiffusionXLPipeline"
-
-
-register_family(
-    Family(
-        "sdxl",
-        is_sdxl_folder,
-        StableDiffusionXLModel.from_pretrained,
-        options=frozenset({"image_size", "unet", "lora", "lora_scale"}),
-        description="Stable Diffusion XL base (epsilon; two CLIP encoders, pooled + size conditioning), 1024 px",
-    )
-)
