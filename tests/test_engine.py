@@ -29,6 +29,7 @@ from diffusion_classifier.schedules import (
     schedule_to_dict,
 )
 from diffusion_classifier.throughput import DATASET_CLASSES
+from test_schedule_conformance import KIND_CASES
 
 
 def gaussian(n_images: int = 8, seed: int = 0, broken: set[int] | None = None):
@@ -55,9 +56,10 @@ def comparable(records: dict) -> dict:
 # --- the schedule codec ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("name", sorted(SCHEDULES) + sorted(KIND_CASES))
 def test_every_registered_schedule_round_trips_through_the_codec(name):
-    sched, loss = SCHEDULES[name]
+    """Every named schedule, and one schedule of each kind with fields away from their defaults."""
+    sched, loss = SCHEDULES[name] if name in SCHEDULES else (KIND_CASES[name], "huber")
     form = json.loads(json.dumps(schedule_to_dict(sched, loss)))  # as stored
     assert schedule_from_dict(form) == (sched, loss)
     assert schedule_from_dict({k: v for k, v in form.items() if k != "loss"}) == (sched, None)
