@@ -86,7 +86,7 @@ def test_result_scores_carry_probabilities():
 def test_calibrate_writes_weights_that_classify_reads(tmp_path):
     import json
 
-    from diffusion_classifier.fitting import calibrate
+    from diffusion_classifier.fitting import calibrate, calibration_schedule
     from diffusion_classifier.weighting import weight_table
 
     g = torch.Generator().manual_seed(2)
@@ -96,12 +96,20 @@ def test_calibrate_writes_weights_that_classify_reads(tmp_path):
     xs = list(model.sample(y, g))
     labels = model.class_names
     cal = calibrate(clf, xs, labels, [labels[i] for i in y], n_trials=40, n_bins=4)
-    assert cal.temperature > 0 and cal.temperature_uniform > 0 and len(cal.weights.values) == 4
+    assert (cal.n_images, cal.n_trials, len(cal.weights.values)) == (8, 40, 4)
+    # the uniform temperature is the NLL fit on the errors the classifier gives on the calibration trials
+    trials = calibration_schedule(40, 1000)
+    err = torch.tensor([[clf(x, schedule=trials).errors[k]["values"] for k in labels] for x in xs], dtype=torch.float64)
+    scale = elbo_scale(model.latent_shape, 1000)
+    assert cal.temperature_uniform == pytest.approx(fit_temperature(err.mean(2), y, scale), rel=1e-6)
     cal.save(tmp_path / "cal.json")
     assert json.loads((tmp_path / "cal.json").read_text())["temperature"] == pytest.approx(cal.temperature)
     table = weight_table(str(tmp_path / "cal.json"), 1000)
     assert table[0] == pytest.approx(cal.weights.values[0]) and table[999] == pytest.approx(cal.weights.values[-1])
     res = clf(xs[0], schedule="racing", weights=str(tmp_path / "cal.json"), temperature=cal.temperature)
-    assert res.prediction in labels
+    winner = res.errors[res.prediction]
+    e, w = torch.tensor(winner["values"]), table[winner["timesteps"]]
+    weighted, plain = float((e * w).sum() / w.sum()), float(e.mean())
+    assert res.scores[0]["score"] == pytest.approx(-weighted, rel=1e-5) and weighted != pytest.approx(plain, rel=1e-3)
     with pytest.raises(UserInputError):
         calibrate(clf, xs[:2], labels, ["7", "0"])

@@ -134,10 +134,12 @@ def test_eval_with_a_clip_baseline_records_clip_predictions(tiny_clip_path, tmp_
     spec = f"clip:{tiny_clip_path}"
     argv = ["eval", "--dataset", f"folder:{tmp_path / 'data'}", "--baseline", spec, "--out", str(tmp_path / "run")]
     assert main([*argv, "--device", "cpu"]) == 0
-    assert "|" in capsys.readouterr().out  # the summary table
+    table = capsys.readouterr().out
     records = RunStore(tmp_path / "run").records()
     assert len(records) == 6 and RunStore(tmp_path / "run").read_config().model == spec
     logits = clip_logits(tiny_clip_path, files, [f"a photo of a {c}." for c in classes])
+    right = sum(int(logits[i].argmax()) == i // 2 for i in range(6))
+    assert f"| 6/6 | {100 * right / 6:.1f} [" in table  # the summary table: images and top-1 %
     for i, rec in records.items():
         assert rec["label"] == classes[i // 2] and rec["calls"] == 0
         assert rec["prediction"] == classes[int(logits[i].argmax())]

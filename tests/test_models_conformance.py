@@ -19,7 +19,7 @@ import test_models_flux
 import test_models_pixart
 import test_models_sd3
 import test_models_sdxl
-from conftest import build_tiny_class_unet
+from conftest import build_tiny_class_unet, lowest_mean_error
 from diffusion_classifier import DiffusionClassifier, Full, Staged, count_calls
 from diffusion_classifier.fast import FastConfig, FastModel
 from diffusion_classifier.models import FAMILIES, load_adapter, model_catalog
@@ -181,4 +181,4 @@ def test_predictions_in_python(name, folders, image_files):
     case = CASES[name]
     clf = DiffusionClassifier.from_pretrained(folders(case), device="cpu", image_size=case.size)
     r = clf(image_files[1], labels=["cat", "dog"], schedule=Full((250, 750)), seed=3)
-    assert r.calls == 4 and r.prediction == min(r.errors, key=lambda k: sum(r.errors[k]["values"]))
+    assert r.calls == 4 and r.prediction == lowest_mean_error(r)

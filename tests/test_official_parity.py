@@ -282,8 +282,9 @@ def test_imagenet_duplicate_prompts_tie_and_fall_as_torch_topk(tiny_sd_path, off
         capsys, tiny_sd_path, official, noise_file, images["RGB"], csv_path, (4, 8), (2, 1), "l2"
     )
     finalists = [i for i in data if len(data[i]["t"]) == 8]
+    # an exact tie between two classes: assert_staged_parity checked that we pick the class the official picks
     assert len(finalists) == 2 and torch.equal(data[finalists[0]]["pred_errors"], data[finalists[1]]["pred_errors"])
-    assert ours["prediction_index"] in {int(rows[i]["classidx"]) for i in finalists}
+    assert {int(rows[i]["classidx"]) for i in finalists} in ({657, 744}, {836, 837})
 
 
 def test_the_published_imagenet_table_whole(tiny_sd_path, official, noise_file, images, capsys):

@@ -26,6 +26,7 @@ from diffusion_classifier.schedules import Staged, count_calls, get_schedule
 from diffusion_classifier.web.handler import (
     OUTPUTS,
     SKETCH,
+    TOP,
     UPLOAD,
     Form,
     classify_updates,
@@ -463,7 +464,8 @@ def test_api_through_gradio_client(server, digits):
     message, label, race, summary, _plot, _seen = outputs
     assert message == "", message  # a failed request says why here, and has no ranking
     assert label["label"] == "1" and "Prediction: 1" in summary and "Race finished" in race
-    assert {c["label"] for c in label["confidences"]} <= {str(d) for d in range(10)}
+    shown = [c["label"] for c in label["confidences"]]  # gr.Label(num_top_classes=TOP): the top TOP of ten digits
+    assert shown[0] == "1" and len(set(shown)) == len(shown) == TOP and set(shown) <= {str(d) for d in range(10)}
     out = client.predict(image=handle_file(str(digits["5"])), labels="3, 5, 8", preset=TYPED, api_name="/classify")
     assert out[0] == "" and out[1]["label"] == "5" and {c["label"] for c in out[1]["confidences"]} == {"3", "5", "8"}
     bad = client.predict(image=handle_file(str(digits["5"])), labels="", preset=TYPED, api_name="/classify")
