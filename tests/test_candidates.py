@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import build_tiny_class_unet
 from diffusion_classifier.cli import main
 from diffusion_classifier.data.datasets import (
     EvalDataset,
@@ -152,9 +151,8 @@ def test_limit_is_a_prefix_of_a_seeded_shuffle(digits):
     assert json.loads(other) == list(twenty)  # the same in another process
 
 
-def test_eval_per_class_saves_subset_npy_and_subset_reruns_it(tmp_path, capsys):
-    model = tmp_path / "model"
-    build_tiny_class_unet(model, [str(d) for d in range(10)])
+def test_eval_per_class_saves_subset_npy_and_subset_reruns_it(tiny_pipeline, tmp_path, capsys):
+    model = tiny_pipeline("digits")
     common = ["eval", "--dataset", "builtin:mnist", "--model", model, "--timesteps", "500", "--device", "cpu"]
     code, _, err = run_cli(capsys, *common, "--per-class", "1", "--subset-seed", "3", "--out", tmp_path / "a")
     assert code == 0, err
@@ -236,10 +234,8 @@ def one_line_exit_2(code: int, err: str, *needles: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def digit_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("class-unet") / "model"
-    build_tiny_class_unet(path, [str(d) for d in range(10)])
-    return path
+def digit_model(tiny_pipeline):
+    return tiny_pipeline("digits")
 
 
 @pytest.fixture

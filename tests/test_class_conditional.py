@@ -9,52 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import build_tiny_class_unet, lowest_mean_error
+from conftest import lowest_mean_error
 from diffusion_classifier import DiffusionClassifier
 from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.models.class_conditional import ClassUNetModel, DiTModel, adm_center_crop, use_original_dit
 from diffusion_classifier.schedules import Full
-
-ID2LABEL = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "crane", "3": "crane, bird", "4": "king penguin"}
-
-
-def build_tiny_dit(path):
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=8,  # learned sigma: eps and variance channels
-        num_layers=1,
-        sample_size=4,
-        patch_size=2,
-        num_embeds_ada_norm=len(ID2LABEL),
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 8),  # one downsampling: 8 px images, 4x4 latents
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=8,
-    )
-    transformer.save_pretrained(path / "transformer", safe_serialization=True)
-    vae.save_pretrained(path / "vae", safe_serialization=True)
-    DDIMScheduler(num_train_timesteps=1000).save_pretrained(path / "scheduler")
-    index = {
-        "_class_name": "DiTPipeline",
-        "id2label": ID2LABEL,
-        "transformer": ["diffusers", "DiTTransformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-    }
-    (path / "model_index.json").write_text(json.dumps(index))
-    return transformer, vae
 
 
 def random_image(size, mode="RGB", seed=0):
@@ -66,10 +25,8 @@ def random_image(size, mode="RGB", seed=0):
 
 
 @pytest.fixture(scope="module")
-def unet_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("class_unet")
-    build_tiny_class_unet(path)
-    return path
+def unet_folder(tiny_pipeline):
+    return tiny_pipeline("class-unet")
 
 
 def test_class_unet_loads_and_classifies(unet_folder):
@@ -117,6 +74,8 @@ def test_class_unet_rejects_another_image_size(unet_folder):
 
 
 def test_default_schedule_from_config(tmp_path):
+    from tiny_models import build_tiny_class_unet
+
     build_tiny_class_unet(tmp_path)
     config = json.loads((tmp_path / "classifier_config.json").read_text())
     config["default_schedule"] = {"timesteps": [250, 750], "loss": "l1"}
@@ -130,10 +89,8 @@ def test_default_schedule_from_config(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dit_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dit")
-    build_tiny_dit(path)
-    return path
+def dit_folder(tiny_pipeline):
+    return tiny_pipeline("dit")
 
 
 def test_dit_eps_is_the_first_half_of_the_output(dit_folder):

@@ -7,21 +7,17 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import build_tiny_class_unet
 from diffusion_classifier import demo
 from diffusion_classifier.cli import main
 from diffusion_classifier.data.datasets import open_dataset, select_indices
 from diffusion_classifier.runs import RunStore
-
-TIMESTEPS = [100, 500, 900]
+from tiny_models import DIGITS_TIMESTEPS as TIMESTEPS
 
 
 @pytest.fixture(scope="module")
-def tiny_mnist_model(tmp_path_factory):
+def tiny_mnist_model(tiny_pipeline):
     """A class-conditional UNet2DModel folder (8 px, 1 channel, classes '0'..'9') with a default schedule."""
-    path = tmp_path_factory.mktemp("tiny-mnist") / "model"
-    build_tiny_class_unet(path, [str(d) for d in range(10)], default_schedule={"timesteps": TIMESTEPS})
-    return path
+    return tiny_pipeline("digits")
 
 
 @pytest.fixture

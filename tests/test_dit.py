@@ -214,11 +214,9 @@ def test_the_fast_path_keeps_dit_in_float32(folder, dtype, fast_dtype, tf32):
     assert (config.dtype, config.tf32, config.compile) == (fast_dtype, tf32, True)
 
 
-def test_dit_network_on_another_model_is_refused(tmp_path, image, capsys):
-    from conftest import build_tiny_class_unet
-
-    build_tiny_class_unet(tmp_path)
-    argv = ["classify", str(image), "--model", str(tmp_path), "--device", "cpu", "--dit-network", "diffusers"]
+def test_dit_network_on_another_model_is_refused(tiny_pipeline, image, capsys):
+    model = tiny_pipeline("class-unet")
+    argv = ["classify", str(image), "--model", str(model), "--device", "cpu", "--dit-network", "diffusers"]
     assert main(argv) == 2
     assert "--dit-network applies to dit models only" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:

@@ -103,12 +103,8 @@ def test_sd_encode_runs_the_official_transform(tiny_sd_path, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dit_folder(tmp_path_factory):
-    from test_class_conditional import build_tiny_dit
-
-    path = tmp_path_factory.mktemp("dit")
-    build_tiny_dit(path)
-    return path
+def dit_folder(tiny_pipeline):
+    return tiny_pipeline("dit")
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "CMYK", "L"])

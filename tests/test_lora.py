@@ -99,7 +99,7 @@ def test_sd3_transformer_lora_equals_the_lora_fused_by_diffusers(image_files, tm
 
 
 def test_unet_swaps_in_another_unet(tiny_sd_path, image_files, tmp_path, capsys):
-    from conftest import build_tiny_sd
+    from tiny_models import build_tiny_sd
 
     other = build_tiny_sd(tmp_path / "other", seed=1)
     hybrid = tmp_path / "hybrid"

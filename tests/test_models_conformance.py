@@ -19,11 +19,10 @@ import test_models_flux
 import test_models_pixart
 import test_models_sd3
 import test_models_sdxl
-from conftest import build_tiny_class_unet, lowest_mean_error
+from conftest import lowest_mean_error
 from diffusion_classifier import DiffusionClassifier, Full, Staged, count_calls
 from diffusion_classifier.fast import FastConfig, FastModel
 from diffusion_classifier.models import FAMILIES, load_adapter, model_catalog
-from test_class_conditional import build_tiny_dit
 from tiny_models import classify_json
 
 LABELS = ["cat", "dog", "car"]
@@ -42,7 +41,7 @@ class Case:
     """
 
     family: str
-    folder: str  # a tiny_models.TINY name, or "class-unet" / "dit" (built here)
+    folder: str  # a tiny_models.TINY name
     protocol: Callable[..., np.ndarray] | None = None
     args: tuple[str, ...] = ()
     kw: dict[str, Any] = field(default_factory=dict)
@@ -79,12 +78,9 @@ FAMILY_CASES = {case.family: name for name, case in reversed(list(CASES.items())
 
 
 @pytest.fixture(scope="module")
-def folders(tiny_pipeline, tmp_path_factory):
+def folders(tiny_pipeline):
     """folders(case): the case's tiny folder."""
-    own = {"class-unet": tmp_path_factory.mktemp("class-unet"), "dit": tmp_path_factory.mktemp("dit")}
-    build_tiny_class_unet(own["class-unet"])
-    build_tiny_dit(own["dit"])
-    return lambda case: own.get(case.folder) or tiny_pipeline(case.folder)
+    return lambda case: tiny_pipeline(case.folder)
 
 
 def save_noise(tmp_path, n: int, size: int, seed: int):

@@ -1,8 +1,9 @@
-"""Tiny SDXL, SD3, PixArt and FLUX pipelines built from configs with random weights (seeded), saved with
-save_pretrained; TINY names the folders the model tests share (conftest.tiny_pipeline builds each once a session).
+"""Every tiny model folder the tests share, built from configs with random weights (seeded) and saved with
+save_pretrained: Stable Diffusion, SDXL, SD3, PixArt, FLUX, the class-conditional UNet, DiT and CLIP. TINY names
+the folders the tests share (conftest.tiny_pipeline builds each once a session).
 
-The shapes follow diffusers' own pipeline tests; every tokenizer is made offline (conftest.write_tiny_clip_tokenizer,
-and a character-level T5 unigram vocabulary).
+The shapes follow diffusers' own pipeline tests; every tokenizer is made offline (a byte-level CLIP vocabulary
+without merges, and a character-level T5 unigram vocabulary).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import string
 from functools import partial
 
 import torch
-
-from conftest import build_tiny_sd, write_tiny_clip_tokenizer
 
 
 def classify_json(capsys, *args) -> dict:
@@ -41,6 +40,19 @@ def reference_pixels(image_path, size: int) -> torch.Tensor:
     return torch.tensor(np.array(img), dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1
 
 
+def write_tiny_clip_tokenizer(folder) -> None:
+    """A byte-level CLIP tokenizer with no merges: every character is a token (offline, 514 entries)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
 def tiny_clip_tokenizer(folder):
     from transformers import CLIPTokenizer
 
@@ -48,15 +60,19 @@ def tiny_clip_tokenizer(folder):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
+def clip_text_config(hidden: int, **extra) -> dict:
+    """A 2-layer CLIP text encoder's settings over the tiny tokenizer's 514 tokens."""
+    return dict(
+        hidden_size=hidden, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=514,
+        max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513, **extra,
+    )  # fmt: skip
+
+
 def tiny_clip_encoder(hidden: int, projection: int | None):
     """A 2-layer CLIP text encoder; with a projection when projection is given (the pooled embeddings)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(
-        hidden_size=hidden, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=514,
-        max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
-        projection_dim=projection or hidden, hidden_act="gelu",
-    )  # fmt: skip
+    config = CLIPTextConfig(**clip_text_config(hidden, projection_dim=projection or hidden, hidden_act="gelu"))
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
@@ -69,6 +85,31 @@ def tiny_vae(latent_channels: int = 4, **extra):
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=16, **extra,
     )  # fmt: skip
+
+
+def build_tiny_sd(path, seed: int = 0, prediction_type: str = "epsilon"):
+    """A tiny Stable Diffusion pipeline folder (16 px images, 8x8x4 latents)."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+    )  # fmt: skip
+    vae = tiny_vae()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**clip_text_config(32)))  # CLIP's own quick_gelu
+    scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type,
+        steps_offset=1, clip_sample=False,
+    )  # fmt: skip
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tiny_clip_tokenizer(path / "tokenizer_src"), unet=unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
 
 
 def tiny_sdxl_unet():
@@ -111,7 +152,6 @@ def tiny_t5_tokenizer():
 def build_tiny_sd3(path, seed: int = 0, t5: bool = True):
     """A tiny StableDiffusion3Pipeline folder: two 16-d CLIP encoders (32-d pooled), optionally a 32-d T5."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
@@ -125,17 +165,7 @@ def build_tiny_sd3(path, seed: int = 0, t5: bool = True):
     te3 = tok3 = None
     if t5:
         tok3, vocab = tiny_t5_tokenizer()
-        te3 = T5EncoderModel(
-            T5Config(
-                vocab_size=vocab,
-                d_model=32,
-                d_kv=8,
-                d_ff=37,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-            )
-        )
+        te3 = tiny_t5_encoder(vocab)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
         text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok,
@@ -197,6 +227,75 @@ def build_tiny_flux(path, seed: int = 0, guidance: bool = False):
     return path
 
 
+def build_tiny_class_unet(path, class_names=("cat", "dog", "bird"), size: int = 8, default_schedule=None):
+    """A tiny class-conditional UNet2DModel folder (1 channel) in the layout models/class_conditional.py loads."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=size, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+        num_class_embeds=len(class_names),
+    )  # fmt: skip
+    unet.save_pretrained(path / "unet", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(path / "scheduler")
+    config = {"class_names": list(class_names), "image_size": size, "channels": 1}
+    if default_schedule is not None:
+        config["default_schedule"] = default_schedule
+    (path / "classifier_config.json").write_text(json.dumps(config))
+    return path
+
+
+#: The tiny DiT's ImageNet-like id2label: a name with synonyms, a name shared as a synonym, ids as labels.
+DIT_ID2LABEL = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "crane", "3": "crane, bird", "4": "king penguin"}
+
+
+def build_tiny_dit(path):
+    """A tiny DiTPipeline folder (learned sigma, patch 2, 8 px images, 4 x 4 latents) with DIT_ID2LABEL's classes."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1, sample_size=4, patch_size=2,
+        out_channels=8,  # learned sigma: eps and variance channels
+        num_embeds_ada_norm=len(DIT_ID2LABEL),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=8,
+        block_out_channels=(8, 8),  # one downsampling: 8 px images, 4x4 latents
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+    transformer.save_pretrained(path / "transformer", safe_serialization=True)
+    vae.save_pretrained(path / "vae", safe_serialization=True)
+    DDIMScheduler(num_train_timesteps=1000).save_pretrained(path / "scheduler")
+    index = {
+        "_class_name": "DiTPipeline",
+        "id2label": DIT_ID2LABEL,
+        "transformer": ["diffusers", "DiTTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    (path / "model_index.json").write_text(json.dumps(index))
+    return path
+
+
+def build_tiny_clip(path, seed: int = 0):
+    """A tiny CLIP model folder (32 px images, 16-d projections) with tokenizer and image processor config."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    vision.update(image_size=32, patch_size=8)
+    model = CLIPModel(CLIPConfig(text_config=clip_text_config(32), vision_config=vision, projection_dim=16))
+    model.save_pretrained(path, safe_serialization=True)
+    tiny_clip_tokenizer(path / "tokenizer_src").save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+#: The "digits" folder's default schedule: every class on these timesteps.
+DIGITS_TIMESTEPS = [100, 500, 900]
+
 #: The shared tiny folders: name -> builder(path) -> path (seeds nobody tuned; each family's tests read these).
 TINY = {
     "stable-diffusion": build_tiny_sd,
@@ -206,4 +305,10 @@ TINY = {
     "pixart-sigma": partial(build_tiny_pixart, seed=3407, sigma=True, additional_conditions=False),
     "flux-schnell": partial(build_tiny_flux, seed=4093),
     "flux-dev": partial(build_tiny_flux, seed=1847, guidance=True),
+    "class-unet": build_tiny_class_unet,  # classes cat, dog, bird
+    "digits": partial(
+        build_tiny_class_unet, class_names=[str(d) for d in range(10)], default_schedule={"timesteps": DIGITS_TIMESTEPS}
+    ),  # fmt: skip  # builtin:mnist's stand-in
+    "dit": build_tiny_dit,
+    "clip": build_tiny_clip,
 }
