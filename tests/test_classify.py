@@ -13,8 +13,7 @@ from PIL import Image
 
 from diffusion_classifier import DiffusionClassifier, Full
 from diffusion_classifier.cli import main
-
-LABELS = ["cat", "dog", "car"]
+from tiny_models import LABELS
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:

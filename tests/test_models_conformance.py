@@ -23,11 +23,7 @@ from conftest import lowest_mean_error
 from diffusion_classifier import DiffusionClassifier, Full, Staged, count_calls
 from diffusion_classifier.fast import FastConfig, FastModel
 from diffusion_classifier.models import FAMILIES, load_adapter, model_catalog
-from tiny_models import classify_json
-
-LABELS = ["cat", "dog", "car"]
-PROMPTS = [f"a photo of a {x}." for x in LABELS]
-
+from tiny_models import LABELS, PROMPTS, classify_json
 
 # ---- the cases: a tiny folder per family (and per protocol variant) ---------------------------------------
 

@@ -13,8 +13,6 @@ from diffusion_classifier.cli import main
 from diffusion_classifier.models import FAMILIES, load_adapter
 from tiny_models import reference_pixels
 
-LABELS = ["cat", "dog", "car"]
-PROMPTS = [f"a photo of a {x}." for x in LABELS]
 SIZE = 16  # 8 x 8 latents, 16 packed tokens: the tiny pipeline's default (128 x 2 px) would be slow
 
 

@@ -13,10 +13,7 @@ import torch
 from diffusion_classifier import DiffusionClassifier
 from diffusion_classifier.cli import main
 from diffusion_classifier.models import FAMILIES, load_adapter
-from tiny_models import build_tiny_pixart, classify_json, reference_pixels
-
-LABELS = ["cat", "dog", "car"]
-PROMPTS = [f"a photo of a {x}." for x in LABELS]
+from tiny_models import LABELS, PROMPTS, build_tiny_pixart, classify_json, reference_pixels
 
 
 @pytest.fixture(scope="module")

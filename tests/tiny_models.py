@@ -14,6 +14,10 @@ from functools import partial
 
 import torch
 
+#: The labels the text families' tests classify among, and their prompts under the default template.
+LABELS = ["cat", "dog", "car"]
+PROMPTS = [f"a photo of a {x}." for x in LABELS]
+
 
 def classify_json(capsys, *args) -> dict:
     """`classify ARGS --json`: its JSON result (the command must succeed)."""
