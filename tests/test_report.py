@@ -70,7 +70,7 @@ def test_eval_then_report_equals_classify(tiny_sd_path, digit_folder, tmp_path, 
     assert [p.read_bytes() for p in RunStore(run_dir).record_files()] == before
 
     out = run_cli(capsys, "report", run_dir)
-    assert "Wilson" in out
+    assert "top-1 % [95% Wilson]" in out and f"| 6/6 | {100 * right / 6:.1f} [" in out  # the table's accuracy
     for name in ("confusion.png", "accuracy_vs_calls.png", "error_vs_timestep.png"):
         with Image.open(run_dir / name) as img:
             assert img.size[0] > 100
