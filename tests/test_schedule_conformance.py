@@ -65,10 +65,11 @@ def test_every_schedule_kind_has_a_case():
     assert all(type(s).__name__ == kind for kind, s in KIND_CASES.items())
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(name for name, (schedule, _) in CASES.items() if isinstance(schedule, Racing)))
 def test_tied_candidates_cost_exactly_what_count_calls_announces(name):
     """All classes share one mean, so every candidate errs alike on every trial: nothing is ever dropped early,
-    and the calls are count_calls' (exact for fixed schedules, the worst case for adaptive ones)."""
+    and the calls are count_calls' worst case (a fixed schedule's calls do not depend on the errors: the test
+    below holds them to count_calls)."""
     schedule, n = CASES[name]
     result, rows = classify(schedule, n, tied=True)
     assert rows == result.calls == count_calls(schedule, n) == sum(len(e["values"]) for e in result.errors.values())
