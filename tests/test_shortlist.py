@@ -1,8 +1,6 @@
-"""CLIP shortlists with a tiny CLIP built from config (random weights, saved and loaded back by path)."""
+"""CLIP shortlists with the tiny CLIP built from config (random weights, saved and loaded back by path)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -15,41 +13,6 @@ from diffusion_classifier.models.gaussian import GaussianClassModel
 from diffusion_classifier.shortlist import ClipShortlist, parse_shortlist, preprocess
 
 LABELS = [str(d) for d in range(10)]
-
-
-def byte_chars() -> list[str]:
-    """GPT-2 / CLIP byte-level alphabet: printable bytes as themselves, the rest shifted past 255."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    """A tiny CLIP (2 layers, width 32, 32 px) with a byte-level tokenizer and no merges."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    d = tmp_path_factory.mktemp("clip")
-    chars = byte_chars()
-    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars])}
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(vocab=str(d / "vocab.json"), merges=str(d / "merges.txt"))
-    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
-    eos = vocab["<|endoftext|>"]
-    text = dict(vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=eos - 1, eos_token_id=eos, **small)
-    text["pad_token_id"] = eos
-    cfg = CLIPConfig(text_config=text, vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(d / "model")
-    tok.save_pretrained(d / "model")
-    return d / "model"
 
 
 def digit(seed: int) -> Image.Image:
@@ -70,15 +33,15 @@ def test_preprocess_matches_transformers_pil_processor():
     assert (ours - expected).abs().mean() < 0.02  # same resize, crop and normalisation up to rounding
 
 
-def test_scores_are_clip_similarities(clip_dir):
+def test_scores_are_clip_similarities(tiny_clip_path):
     from transformers import AutoTokenizer, CLIPModel
 
-    sl = ClipShortlist(clip_dir, device="cpu")
+    sl = ClipShortlist(tiny_clip_path, device="cpu")
     img = digit(1)
     scores = sl.label_scores(img, from_labels(LABELS))
     assert list(scores) == sorted(scores, key=lambda k: -scores[k])  # best first
-    model = CLIPModel.from_pretrained(clip_dir, use_safetensors=True).eval()
-    tok = AutoTokenizer.from_pretrained(clip_dir)
+    model = CLIPModel.from_pretrained(tiny_clip_path, use_safetensors=True).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_clip_path)
     prompts = [f"a photo of a {x}." for x in LABELS]
     with torch.inference_mode():
         out = model(**tok(prompts, padding=True, return_tensors="pt"), pixel_values=preprocess(img, 32)[None])
@@ -87,8 +50,8 @@ def test_scores_are_clip_similarities(clip_dir):
         assert scores[label] == pytest.approx(float(ref[i]), abs=1e-4)
 
 
-def test_select_keeps_the_top_k_labels(clip_dir):
-    sl = ClipShortlist(clip_dir, device="cpu")
+def test_select_keeps_the_top_k_labels(tiny_clip_path):
+    sl = ClipShortlist(tiny_clip_path, device="cpu")
     cands = from_labels(LABELS)
     top = list(sl.label_scores(digit(2), cands))[:3]
     picked = sl.select(digit(2), cands, 3)
@@ -108,11 +71,11 @@ class PixelGaussian(GaussianClassModel):
         return super().encode(image)
 
 
-def test_pipeline_classifies_only_the_shortlist(clip_dir):
+def test_pipeline_classifies_only_the_shortlist(tiny_clip_path):
     g = torch.Generator().manual_seed(0)
     clf = DiffusionClassifier(PixelGaussian(torch.randn(10, 1, 8, 8, generator=g) * 0.4))
     img = digit(3)
-    spec = f"clip:{clip_dir}"
+    spec = f"clip:{tiny_clip_path}"
     res = clf(img, schedule="racing", shortlist=spec, shortlist_k=4)
     top = list(clf.shortlist(spec).label_scores(img, from_labels(LABELS)))[:4]
     assert sorted(res.extra["shortlist"]) == sorted(top)
