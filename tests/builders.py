@@ -1,15 +1,42 @@
-"""Synthetic copies of the paper's datasets in their hubs' schemas (and ObjectNet's folder layout), shared by
-tests/test_datasets.py (the label mappings) and tests/test_protocols.py (the protocols end to end)."""
+"""Synthetic data the tests share: copies of the paper's datasets in their hubs' schemas (and ObjectNet's folder
+layout) for tests/test_datasets.py (the label mappings) and tests/test_protocols.py (the protocols end to end); the
+analytic Gaussian model's samples as a dataset, and records compared across runs, for the run engine's tests."""
 
 from __future__ import annotations
 
 import csv
 
 import numpy as np
+import torch
 from PIL import Image
 
-from diffusion_classifier.data.datasets import HUB_DATASETS
+from diffusion_classifier import DiffusionClassifier
+from diffusion_classifier.data.datasets import HUB_DATASETS, EvalDataset
 from diffusion_classifier.data.prompts import published_prompts
+from diffusion_classifier.models.gaussian import GaussianClassModel
+
+
+def gaussian_dataset(n_images: int, seed: int = 0, broken: set[int] | None = None):
+    """A classifier on a Gaussian class model (4 classes of 2 x 2 x 2 latents) and a dataset of n_images of its
+    samples (labels 0, 1, 2, 3, 0, ...); images whose index is in `broken` fail to load. (clf, dataset, samples)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = GaussianClassModel(torch.randn(4, 2, 2, 2, generator=gen) * 2, std=0.7)
+    ys = torch.arange(n_images) % 4
+    xs = model.sample(ys, generator=gen)
+    broken = broken if broken is not None else set()
+
+    def load(i: int):
+        if i in broken:
+            raise OSError(f"image {i} is unreadable")
+        return xs[i]
+
+    dataset = EvalDataset.from_names("gauss", "test", [str(int(y)) for y in ys], load, model.class_names)
+    return DiffusionClassifier(model), dataset, xs
+
+
+def comparable(records: dict) -> dict:
+    """Records without the fields that vary between equal runs (time, which process)."""
+    return {i: {k: v for k, v in r.items() if k not in ("seconds", "rank")} for i, r in records.items()}
 
 
 def table_classnames(name: str) -> list[str]:

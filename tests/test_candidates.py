@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from builders import comparable
 from diffusion_classifier.cli import main
 from diffusion_classifier.data.datasets import (
     EvalDataset,
@@ -165,11 +166,7 @@ def test_eval_per_class_saves_subset_npy_and_subset_reruns_it(tiny_pipeline, tmp
     assert (config.per_class, config.subset_seed) == (1, 3)
     code, _, err = run_cli(capsys, *common, "--subset", tmp_path / "a" / "subset.npy", "--out", tmp_path / "b")
     assert code == 0, err
-
-    def strip(recs):
-        return {i: {k: v for k, v in r.items() if k not in ("seconds", "rank")} for i, r in recs.items()}
-
-    assert strip(RunStore(tmp_path / "b").records()) == strip(records)
+    assert comparable(RunStore(tmp_path / "b").records()) == comparable(records)
 
 
 def test_subset_npy_is_never_unpickled(tmp_path):

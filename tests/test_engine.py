@@ -6,16 +6,15 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
-import torch
 
-from diffusion_classifier import ClassifierConfig, DiffusionClassifier, Selection, evaluate
+from builders import comparable, gaussian_dataset
+from diffusion_classifier import ClassifierConfig, Selection, evaluate
 from diffusion_classifier.config import default_schedule
-from diffusion_classifier.data.datasets import HUB_DATASETS, EvalDataset
+from diffusion_classifier.data.datasets import HUB_DATASETS
 from diffusion_classifier.data.images import ImageOptions
 from diffusion_classifier.data.prompts import published_prompts, read_prompts_csv
 from diffusion_classifier.data.registry import DATASETS
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.models.gaussian import GaussianClassModel
 from diffusion_classifier.names import SCHEDULES as SCHEDULE_NAMES
 from diffusion_classifier.runs import RunStore, Shard, StoredConfig, Work, execute
 from diffusion_classifier.schedules import (
@@ -30,28 +29,6 @@ from diffusion_classifier.schedules import (
 )
 from diffusion_classifier.throughput import DATASET_CLASSES
 from test_schedule_conformance import KIND_CASES
-
-
-def gaussian(n_images: int = 8, seed: int = 0, broken: set[int] | None = None):
-    """A Gaussian class model (4 classes) and a dataset of its samples; images in `broken` fail to load."""
-    gen = torch.Generator().manual_seed(seed)
-    model = GaussianClassModel(torch.randn(4, 2, 2, 2, generator=gen) * 2, std=0.7)
-    ys = torch.arange(n_images) % 4
-    xs = model.sample(ys, generator=gen)
-    broken = broken if broken is not None else set()
-
-    def load(i: int):
-        if i in broken:
-            raise OSError(f"image {i} is unreadable")
-        return xs[i]
-
-    dataset = EvalDataset.from_names("gauss", "test", [str(int(y)) for y in ys], load, model.class_names)
-    return DiffusionClassifier(model), dataset
-
-
-def comparable(records: dict) -> dict:
-    return {i: {k: v for k, v in r.items() if k not in ("seconds", "rank")} for i, r in records.items()}
-
 
 # --- the schedule codec ----------------------------------------------------------------------------------
 
@@ -122,7 +99,7 @@ def test_classifier_config_refuses_bad_settings_before_any_model():
 
 
 def test_the_schedule_default_resolves_in_one_place():
-    clf, _ = gaussian()
+    clf, _, _ = gaussian_dataset(8)
     model = clf.model
     assert model.default_schedule is None  # the adapter interface's explicit default
     assert default_schedule(model) == DEFAULT_SCHEDULE == clf.default_schedule
@@ -201,7 +178,7 @@ def test_the_engine_runs_any_unit_resumes_retries_and_shards(tmp_path):
 
 def test_evaluate_from_python_resumes_and_retries_a_failed_image(tmp_path):
     broken = {3}
-    clf, dataset = gaussian(broken=broken)
+    clf, dataset, _ = gaussian_dataset(8, broken=broken)
     config = ClassifierConfig(schedule=Full((100, 400, 700)), seed=3)
     summary = evaluate(clf, dataset, tmp_path / "run", config=config, model_name="gauss", shard=Shard())
     assert (summary.n, summary.failed, summary.calls_per_image) == (7, 1, 4 * 3)
@@ -216,7 +193,7 @@ def test_evaluate_from_python_resumes_and_retries_a_failed_image(tmp_path):
 
 
 def test_a_runs_config_json_rebuilds_the_settings_and_the_records(tmp_path):
-    clf, dataset = gaussian()
+    clf, dataset, _ = gaussian_dataset(8)
     config = ClassifierConfig(schedule="racing", racing={"cap": 30}, seed=5, temperature=3.0, weights="exp")
     evaluate(clf, dataset, tmp_path / "a", config=config, model_name="gauss", shard=Shard())
     stored = RunStore(tmp_path / "a").require_config()
@@ -230,7 +207,7 @@ def test_a_runs_config_json_rebuilds_the_settings_and_the_records(tmp_path):
 
 def test_runs_written_before_the_classifier_config_still_resume(tmp_path):
     """A config.json without batch_size, max_image_pixels or options (the demo's older runs) resumes."""
-    clf, dataset = gaussian(4)
+    clf, dataset, _ = gaussian_dataset(4)
     config = ClassifierConfig(schedule=Full((100, 700)))
     evaluate(clf, dataset, tmp_path / "run", config=config, model_name="gauss", shard=Shard())
     path = tmp_path / "run" / "config.json"

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from builders import comparable, gaussian_dataset
 from diffusion_classifier import DiffusionClassifier, Full
 from diffusion_classifier.data.datasets import EvalDataset, open_dataset, read_subset_file, select_indices
 from diffusion_classifier.errors import UserInputError
@@ -28,15 +28,6 @@ from diffusion_classifier.runs import (
 SCHEDULE = Full((100, 400, 700))
 
 
-def gaussian_setup(n_images: int = 12, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    model = GaussianClassModel(torch.randn(4, 2, 2, 2, generator=gen) * 2, std=0.7)
-    ys = torch.arange(n_images) % 4
-    xs = model.sample(ys, generator=gen)
-    dataset = EvalDataset.from_names("gauss", "test", [str(int(y)) for y in ys], lambda i: xs[i], model.class_names)
-    return DiffusionClassifier(model), dataset, xs
-
-
 def make_job(clf, dataset, indices=None, **kw) -> EvalJob:
     indices = tuple(range(len(dataset))) if indices is None else indices
     kw.setdefault("schedule", SCHEDULE)
@@ -50,13 +41,8 @@ def start(tmp_path, clf, job, name="run") -> RunStore:
     return store
 
 
-def comparable(records: dict) -> dict:
-    """Records without the fields that vary between equal runs (time, which process)."""
-    return {i: {k: v for k, v in r.items() if k not in ("seconds", "rank")} for i, r in records.items()}
-
-
 def test_records_match_the_classify_api(tmp_path):
-    clf, dataset, xs = gaussian_setup()
+    clf, dataset, xs = gaussian_dataset(12)
     job = make_job(clf, dataset, seed=3)
     store = start(tmp_path, clf, job)
     assert run_eval(clf, job, store) == len(dataset)
@@ -73,7 +59,7 @@ def test_records_match_the_classify_api(tmp_path):
 
 
 def test_resume_skips_finished_images_and_matches_one_run(tmp_path):
-    clf, dataset, _ = gaussian_setup()
+    clf, dataset, _ = gaussian_dataset(12)
     whole = make_job(clf, dataset)
     one = start(tmp_path, clf, whole, "one")
     run_eval(clf, whole, one)
@@ -89,7 +75,7 @@ def test_resume_skips_finished_images_and_matches_one_run(tmp_path):
 
 
 def test_shards_are_disjoint_complete_and_equal_one_process(tmp_path):
-    clf, dataset, _ = gaussian_setup(n_images=11)
+    clf, dataset, _ = gaussian_dataset(11)
     job = make_job(clf, dataset)
     parts = [Shard(r, 3).take(job.indices) for r in range(3)]
     assert sorted(sum(parts, ())) == list(job.indices)
@@ -113,7 +99,7 @@ def test_a_torn_last_line_is_ignored_and_cut_before_appending(tmp_path):
 
 
 def test_another_configuration_is_refused(tmp_path):
-    clf, dataset, _ = gaussian_setup()
+    clf, dataset, _ = gaussian_dataset(12)
     store = start(tmp_path, clf, make_job(clf, dataset))
     store.claim(make_config("gauss", make_job(clf, dataset)))  # the same: fine
     for other in (make_job(clf, dataset, seed=1), make_job(clf, dataset, schedule=Full((100, 400)))):
@@ -125,7 +111,7 @@ def test_another_configuration_is_refused(tmp_path):
 
 
 def test_a_bad_image_is_recorded_as_failed_and_the_run_goes_on(tmp_path):
-    clf, dataset, xs = gaussian_setup(n_images=4)
+    clf, dataset, xs = gaussian_dataset(4)
 
     def load(i):
         if i == 2:
@@ -142,14 +128,14 @@ def test_a_bad_image_is_recorded_as_failed_and_the_run_goes_on(tmp_path):
 
 
 def test_labels_outside_the_candidates_are_refused():
-    clf, dataset, xs = gaussian_setup(n_images=2)
+    clf, dataset, xs = gaussian_dataset(2)
     odd = EvalDataset.from_names("gauss", "test", ["0", "seven"], lambda i: xs[i])
     with pytest.raises(UserInputError, match="seven"):
         eval_candidates(clf, odd, (0, 1))
 
 
 def test_selection_limit_and_subset(tmp_path):
-    ten, two = gaussian_setup(n_images=10)[1], gaussian_setup(n_images=2)[1]
+    ten, two = gaussian_dataset(10)[1], gaussian_dataset(2)[1]
     three = select_indices(ten, limit=3, seed=0)
     assert len(set(three)) == 3 and select_indices(ten, limit=7, seed=0)[:3] == three  # a prefix of one shuffle
     assert sorted(select_indices(two, limit=5)) == [0, 1]
@@ -207,7 +193,7 @@ def test_folder_dataset_labels_are_folder_names_and_bad_files_fail_alone(tmp_pat
 
 
 def test_class_model_takes_dataset_names_it_resolves_itself():
-    clf, dataset, xs = gaussian_setup(n_images=2)
+    clf, dataset, xs = gaussian_dataset(2)
 
     class Aliased(GaussianClassModel):  # knows "zero" and "one" as other names of classes 0 and 1
         def condition(self, conditions):
@@ -395,7 +381,7 @@ def test_unusable_out_paths_are_refused_before_any_model_loads(tmp_path, capsys,
     for name in ("x", "y"):
         _digit(0).save(wino / "images" / f"{name}.png")
     report_run = tmp_path / "report-run"
-    RunStore(report_run).claim(make_config("gauss", make_job(*gaussian_setup(2)[:2])))
+    RunStore(report_run).claim(make_config("gauss", make_job(*gaussian_dataset(2)[:2])))
     bad = [a_file, a_file / "sub"]  # the path is a file; a parent is a file (both hold as root too)
     if os.geteuid() != 0:  # chmod does not bind root
         (tmp_path / "ro").mkdir(mode=0o500)
@@ -429,7 +415,7 @@ def test_a_damaged_run_config_is_one_line(tmp_path, capsys, content, no_model_lo
 
 
 def test_wrong_field_types_in_a_run_config_are_named(tmp_path):
-    clf, dataset, _ = gaussian_setup(2)
+    clf, dataset, _ = gaussian_dataset(2)
     store = start(tmp_path, clf, make_job(clf, dataset))
     config = json.loads(store.config_path.read_text())
     for field_name, value in (("seed", "0"), ("images", None), ("candidates", []), ("selection", 3)):

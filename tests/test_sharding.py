@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from builders import comparable
 from diffusion_classifier.cli import main
 from diffusion_classifier.runs import RunStore, read_records
 
@@ -59,10 +60,6 @@ def reference(folder, tiny_sd_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "run"
     eval_here(eval_argv(folder, tiny_sd_path, out))
     return RunStore(out).records()
-
-
-def comparable(records: dict) -> dict:
-    return {i: {k: v for k, v in r.items() if k not in ("seconds", "rank")} for i, r in records.items()}
 
 
 def lines_per_index(store: RunStore) -> list[int]:
