@@ -175,7 +175,9 @@ def to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_dit_pipeline(original: OriginalDiT, path, names: list[str] | None = None) -> None:
     """A DiTPipeline folder: the converted transformer, a tiny VAE, DiT's linear-beta scheduler, id2label (names,
     else class0, class1, ...)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
+
+    from tiny_models import tiny_dit_vae
 
     transformer = DiTTransformer2DModel(  # norm_eps left at its default, as in the converted hub checkpoints
         num_attention_heads=HEADS,
@@ -189,17 +191,7 @@ def save_dit_pipeline(original: OriginalDiT, path, names: list[str] | None = Non
     )
     transformer.load_state_dict(to_diffusers(original.state_dict()), strict=True)
     torch.manual_seed(1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=CHANNELS,
-        block_out_channels=(8, 8),  # one downsampling: 16 px images, 8x8 latents
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=2 * original.latent,
-    )
+    vae = tiny_dit_vae(2 * original.latent)  # its 4 latent channels are CHANNELS
     transformer.save_pretrained(path / "transformer", safe_serialization=True)
     vae.save_pretrained(path / "vae", safe_serialization=True)
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02).save_pretrained(

@@ -254,9 +254,21 @@ def build_tiny_class_unet(path, class_names=("cat", "dog", "bird"), size: int = 
 DIT_ID2LABEL = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "crane", "3": "crane, bird", "4": "king penguin"}
 
 
+def tiny_dit_vae(image_size: int):
+    """A VAE with one downsampling and 4 latent channels: image_size px images, image_size / 2 latents (DiT's
+    tiny stand-ins)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=image_size,
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+
+
 def build_tiny_dit(path):
     """A tiny DiTPipeline folder (learned sigma, patch 2, 8 px images, 4 x 4 latents) with DIT_ID2LABEL's classes."""
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
 
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(
@@ -264,11 +276,7 @@ def build_tiny_dit(path):
         out_channels=8,  # learned sigma: eps and variance channels
         num_embeds_ada_norm=len(DIT_ID2LABEL),
     )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=8,
-        block_out_channels=(8, 8),  # one downsampling: 8 px images, 4x4 latents
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-    )  # fmt: skip
+    vae = tiny_dit_vae(8)
     transformer.save_pretrained(path / "transformer", safe_serialization=True)
     vae.save_pretrained(path / "vae", safe_serialization=True)
     DDIMScheduler(num_train_timesteps=1000).save_pretrained(path / "scheduler")
