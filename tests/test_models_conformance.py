@@ -21,8 +21,8 @@ import test_models_sd3
 import test_models_sdxl
 from conftest import build_tiny_class_unet
 from diffusion_classifier import DiffusionClassifier, Full, Staged, count_calls
-from diffusion_classifier.fast import FastConfig, FastModel
 from diffusion_classifier.models import FAMILIES, load_adapter, model_catalog
+from diffusion_classifier.models.fast import FastConfig, FastModel
 from test_class_conditional import build_tiny_dit
 from tiny_models import classify_json
 
