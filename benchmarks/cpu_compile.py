@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from diffusion_classifier.fast import bucket
 from diffusion_classifier.models import load_adapter
+from diffusion_classifier.models.fast import bucket
 
 
 def rows_per_s(net, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, rows: int, iters: int) -> float:

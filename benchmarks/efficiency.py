@@ -29,21 +29,21 @@ from typing import Any
 
 import torch
 
-from diffusion_classifier.calibration import (
+from diffusion_classifier.core.calibration import (
     elbo_scale,
     expected_calibration_error,
     fit_temperature,
     nll,
     probabilities,
 )
+from diffusion_classifier.core.estimator import ErrorLedger, Pair, model_error_fn
+from diffusion_classifier.core.noise import NoiseBank
+from diffusion_classifier.core.schedules import Full, Racing, Staged, master_grid
+from diffusion_classifier.core.timesteps import ordered_grid
+from diffusion_classifier.core.weighting import TimestepWeights, exp_weights, fit_weights
 from diffusion_classifier.data.prompts import from_labels
-from diffusion_classifier.estimator import ErrorLedger, Pair, model_error_fn
 from diffusion_classifier.models.gaussian import GaussianClassModel
-from diffusion_classifier.noise import NoiseBank
 from diffusion_classifier.pipeline import summarize
-from diffusion_classifier.schedules import Full, Racing, Staged, master_grid
-from diffusion_classifier.timesteps import ordered_grid
-from diffusion_classifier.weighting import TimestepWeights, exp_weights, fit_weights
 
 GRID = 500  # the master grid of SPEC.md §2 for max n = 500: t = 1, 3, ..., 999
 
@@ -91,8 +91,8 @@ def mnist_bench(
     from PIL import Image
 
     from diffusion_classifier.data.mnist import test_images, train_split
-    from diffusion_classifier.fast import FastConfig, FastModel
     from diffusion_classifier.models import load_adapter
+    from diffusion_classifier.models.fast import FastConfig, FastModel
 
     model = load_adapter(model_path, device=device)
     if compiled:

@@ -31,7 +31,7 @@ python -c "import diffusion_classifier.cli.bench" || { echo "cannot import the b
 # 2. one bench run per model: reference and fast rows, their ratio, seconds per image, agreement with fp32
 CARD=$(python -c "import torch; print(torch.cuda.get_device_name(0).split()[-1].lower() if torch.cuda.is_available() else 'cpu')")
 SCHEDULES="cifar10"
-python -c "from diffusion_classifier.schedules import SCHEDULES; assert 'racing' in SCHEDULES" 2>/dev/null && SCHEDULES="cifar10 racing"
+python -c "from diffusion_classifier.core.schedules import SCHEDULES; assert 'racing' in SCHEDULES" 2>/dev/null && SCHEDULES="cifar10 racing"
 status=0
 for model in ${MODELS:-sd2-base dit-xl-2-256}; do
   echo "== $model on $CARD (compile mode ${COMPILE_MODE:-default})"

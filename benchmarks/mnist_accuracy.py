@@ -13,8 +13,8 @@ import json
 import time
 
 from diffusion_classifier import DiffusionClassifier
+from diffusion_classifier.core.schedules import Full, parse_timesteps
 from diffusion_classifier.data.mnist import test_images
-from diffusion_classifier.schedules import Full, parse_timesteps
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ import math
 
 import torch
 
-from diffusion_classifier.estimator import ErrorLedger, model_error_fn
+from diffusion_classifier.core.estimator import ErrorLedger, model_error_fn
+from diffusion_classifier.core.noise import NoiseBank
+from diffusion_classifier.core.schedules import PUBLISHED, Racing, Staged
 from diffusion_classifier.models.gaussian import GaussianClassModel
-from diffusion_classifier.noise import NoiseBank
-from diffusion_classifier.schedules import PUBLISHED, Racing, Staged
 
 SCHEDULES = {  # name -> (schedule, classes)
     "cifar10 staged": (PUBLISHED["cifar10"][0], 10),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffusion_classifier import DiffusionClassifier, UserInputError
-from diffusion_classifier.calibration import (
+from diffusion_classifier.core.calibration import (
     elbo_scale,
     expected_calibration_error,
     fit_temperature,
@@ -86,8 +86,8 @@ def test_result_scores_carry_probabilities():
 def test_calibrate_writes_weights_that_classify_reads(tmp_path):
     import json
 
-    from diffusion_classifier.fitting import calibrate, calibration_schedule
-    from diffusion_classifier.weighting import weight_table
+    from diffusion_classifier.core.weighting import weight_table
+    from diffusion_classifier.reporting.fitting import calibrate, calibration_schedule
 
     g = torch.Generator().manual_seed(2)
     model = GaussianClassModel(torch.randn(4, 1, 8, 8, generator=g) * 0.4)

@@ -13,6 +13,8 @@ from PIL import Image
 
 from builders import comparable
 from diffusion_classifier.cli import main
+from diffusion_classifier.core.estimator import ErrorLedger
+from diffusion_classifier.core.schedules import Full, Staged
 from diffusion_classifier.data.datasets import (
     EvalDataset,
     open_dataset,
@@ -27,11 +29,9 @@ from diffusion_classifier.data.prompts import (
     read_prompts_csv,
 )
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.estimator import ErrorLedger
 from diffusion_classifier.pipeline import summarize
-from diffusion_classifier.report import summarize_run
-from diffusion_classifier.runs import RunStore
-from diffusion_classifier.schedules import Full, Staged
+from diffusion_classifier.reporting.report import summarize_run
+from diffusion_classifier.runs.engine import RunStore
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -194,7 +194,7 @@ def test_a_dataset_with_two_classes_of_one_name_scores_by_index(tiny_sd_path, tm
     data = open_dataset(f"folder:{tmp_path / 'data'}")
     twin = EvalDataset("twins", "test", data.label_ids, ["missile", "missile"], data.image)
     from diffusion_classifier.pipeline import DiffusionClassifier
-    from diffusion_classifier.runs import eval_candidates
+    from diffusion_classifier.runs.engine import eval_candidates
 
     clf = DiffusionClassifier.from_pretrained(tiny_sd_path)
     cands = eval_candidates(clf, twin, (0, 1), prompts=read_prompts_csv(csv))

@@ -11,9 +11,9 @@ from PIL import Image
 
 from conftest import lowest_mean_error
 from diffusion_classifier import DiffusionClassifier
+from diffusion_classifier.core.schedules import Full
 from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.models.class_conditional import ClassUNetModel, DiTModel, adm_center_crop, use_original_dit
-from diffusion_classifier.schedules import Full
 
 
 def random_image(size, mode="RGB", seed=0):
@@ -166,7 +166,7 @@ def test_mnist_split_is_fixed_and_balanced():
 
 def test_short_training_run_writes_a_loadable_folder(tmp_path):
     from diffusion_classifier.data.mnist import test_images
-    from diffusion_classifier.training import TrainConfig, train
+    from diffusion_classifier.training.train import TrainConfig, train
 
     cfg = TrainConfig(steps=2, batch_size=4, block_out_channels=(8, 16), save_every=1, warmup=1)
     train(tmp_path / "m", cfg, progress=False)
@@ -182,7 +182,7 @@ def test_short_training_run_writes_a_loadable_folder(tmp_path):
 def test_training_is_reproducible(tmp_path):
     from safetensors.torch import load_file
 
-    from diffusion_classifier.training import TrainConfig, train
+    from diffusion_classifier.training.train import TrainConfig, train
 
     cfg = TrainConfig(steps=2, batch_size=4, block_out_channels=(8, 16), warmup=1)
     weights = []

@@ -21,9 +21,9 @@ from diffusion_classifier.cli import COMMANDS, build_parser, main
 from diffusion_classifier.cli import classify as classify_command
 from diffusion_classifier.cli.options import load_classifier, resolved_schedule
 from diffusion_classifier.cli.rules import exit_code, show_progress
+from diffusion_classifier.core.noise import load_noise_file
 from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.models import resolve_device
-from diffusion_classifier.noise import load_noise_file
 from test_winoground import noise_file, wino_argv, wino_dir  # noqa: F401 (fixtures)
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
@@ -241,7 +241,7 @@ def test_the_largest_seed_is_accepted(command):
 
 
 def test_the_largest_seed_draws_noise():
-    from diffusion_classifier.noise import NoiseBank
+    from diffusion_classifier.core.noise import NoiseBank
 
     eps = NoiseBank((1, 2, 2), seed=2**63 - 1)[[0, 70]]
     assert eps.shape == (2, 1, 2, 2) and torch.isfinite(eps).all()
@@ -383,10 +383,10 @@ def test_progress_only_on_a_terminal_and_never_with_quiet(monkeypatch):
 
 
 def test_offered_names_are_the_registries():
-    from diffusion_classifier.fast import COMPILE_MODES
+    from diffusion_classifier.core.schedules import SCHEDULES, schedule_names
+    from diffusion_classifier.core.weighting import WEIGHTINGS
+    from diffusion_classifier.models.fast import COMPILE_MODES
     from diffusion_classifier.models.random_weights import ARCHITECTURES
-    from diffusion_classifier.schedules import SCHEDULES, schedule_names
-    from diffusion_classifier.weighting import WEIGHTINGS
 
     assert names.SCHEDULES == tuple(schedule_names()) == tuple(sorted(SCHEDULES))
     assert tuple(ARCHITECTURES) == names.ARCHITECTURES

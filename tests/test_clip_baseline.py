@@ -10,9 +10,15 @@ import torch
 from PIL import Image
 
 from diffusion_classifier.cli import main
-from diffusion_classifier.clip_baseline import ClipClassifier, ClipMatcher, clip_logits, load_clip, parse_baseline
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.winoground import PairScores
+from diffusion_classifier.matching.clip_baseline import (
+    ClipClassifier,
+    ClipMatcher,
+    clip_logits,
+    load_clip,
+    parse_baseline,
+)
+from diffusion_classifier.matching.winoground import PairScores
 
 TEXTS = ["a photo of a cat.", "a photo of a dog.", "a drawing"]
 
@@ -121,7 +127,7 @@ def test_winoground_baseline_beside_the_diffusion_model(tiny_sd_path, tiny_clip_
 
 def test_eval_with_a_clip_baseline_records_clip_predictions(tiny_clip_path, tmp_path, capsys):
     """`eval --baseline clip:MODEL` classifies with "a photo of a {}." and stores records like a diffusion run."""
-    from diffusion_classifier.runs import RunStore
+    from diffusion_classifier.runs.engine import RunStore
 
     rng = np.random.default_rng(4)
     classes = ["cat", "dog", "fish"]

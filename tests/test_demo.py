@@ -7,11 +7,11 @@ import json
 import pytest
 from PIL import Image
 
-from diffusion_classifier import demo
 from diffusion_classifier.cli import main
+from diffusion_classifier.core.schedules import count_calls
 from diffusion_classifier.data.datasets import open_dataset, select_indices
-from diffusion_classifier.runs import RunStore
-from diffusion_classifier.schedules import count_calls
+from diffusion_classifier.runs import demo
+from diffusion_classifier.runs.engine import RunStore
 from tiny_models import DIGITS_TIMESTEPS as TIMESTEPS
 
 
@@ -73,7 +73,7 @@ def lines(out) -> list[bytes]:
 def test_demo_resumes_with_another_limit_and_scores_the_baseline_on_the_same_digits(
     tiny_mnist_model, monkeypatch, tmp_path, capsys
 ):
-    from diffusion_classifier import baseline as baseline_module
+    from diffusion_classifier.training import baseline as baseline_module
 
     monkeypatch.setattr(demo, "MODEL", str(tiny_mnist_model))
     trained = []
@@ -114,8 +114,8 @@ def test_demo_with_the_bundled_model(tmp_path, capsys):
 
 
 def test_the_baseline_is_trained_once_per_report_folder(tmp_path, monkeypatch):
-    from diffusion_classifier import baseline as baseline_module
     from diffusion_classifier.data.mnist import test_split
+    from diffusion_classifier.training import baseline as baseline_module
 
     calls = []
     truth = test_split().labels.tolist()

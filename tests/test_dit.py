@@ -18,8 +18,8 @@ from PIL import Image
 
 from diffusion_classifier import DiffusionClassifier
 from diffusion_classifier.cli import main
+from diffusion_classifier.core.schedules import Full, count_calls, get_schedule
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.schedules import Full, count_calls, get_schedule
 from dit_original import (
     CHANNELS,
     CLASSES,
@@ -206,7 +206,7 @@ def counting(fn, calls: list[int]):
 def test_the_fast_path_keeps_dit_in_float32(folder, dtype, fast_dtype, tf32):
     """On CUDA the fast path runs a float32 DiT as the official script does (no half precision, no TF32 matmuls);
     a DiT loaded in half precision gets the usual fast settings."""
-    from diffusion_classifier.fast import FastModel
+    from diffusion_classifier.models.fast import FastModel
 
     model = DiffusionClassifier.from_pretrained(folder, device="cpu", torch_dtype=dtype).model
     model.device = torch.device("cuda")  # the settings CUDA would get; building them runs nothing on the device

@@ -9,15 +9,9 @@ import pytest
 
 from builders import comparable, gaussian_dataset
 from diffusion_classifier import ClassifierConfig, Selection, evaluate
+from diffusion_classifier.bench.throughput import DATASET_CLASSES
 from diffusion_classifier.config import default_schedule
-from diffusion_classifier.data.datasets import HUB_DATASETS
-from diffusion_classifier.data.images import ImageOptions
-from diffusion_classifier.data.prompts import published_prompts, read_prompts_csv
-from diffusion_classifier.data.registry import DATASETS
-from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.names import SCHEDULES as SCHEDULE_NAMES
-from diffusion_classifier.runs import RunStore, Shard, StoredConfig, Work, execute
-from diffusion_classifier.schedules import (
+from diffusion_classifier.core.schedules import (
     DEFAULT_SCHEDULE,
     PUBLISHED,
     SCHEDULES,
@@ -27,7 +21,13 @@ from diffusion_classifier.schedules import (
     schedule_from_dict,
     schedule_to_dict,
 )
-from diffusion_classifier.throughput import DATASET_CLASSES
+from diffusion_classifier.data.datasets import HUB_DATASETS
+from diffusion_classifier.data.images import ImageOptions
+from diffusion_classifier.data.prompts import published_prompts, read_prompts_csv
+from diffusion_classifier.data.registry import DATASETS
+from diffusion_classifier.errors import UserInputError
+from diffusion_classifier.names import SCHEDULES as SCHEDULE_NAMES
+from diffusion_classifier.runs.engine import RunStore, Shard, StoredConfig, Work, execute
 from test_schedule_conformance import KIND_CASES
 
 # --- the schedule codec ----------------------------------------------------------------------------------

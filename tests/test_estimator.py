@@ -16,10 +16,10 @@ from diffusion_classifier import (
     Trial,
     count_calls,
 )
+from diffusion_classifier.core.estimator import Pair, model_error_fn, per_sample_loss
+from diffusion_classifier.core.schedules import get_schedule, master_grid, parse_timesteps, stage_grid
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.estimator import Pair, model_error_fn, per_sample_loss
 from diffusion_classifier.models.gaussian import GaussianClassModel
-from diffusion_classifier.schedules import get_schedule, master_grid, parse_timesteps, stage_grid
 
 
 def gaussian(k: int = 10, dim: int = 8, spread: float = 0.6, seed: int = 0) -> GaussianClassModel:

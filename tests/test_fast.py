@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from diffusion_classifier import DiffusionClassifier, Full
+from diffusion_classifier.bench.flops import count_flops, flops_per_call
+from diffusion_classifier.bench.throughput import agreement
 from diffusion_classifier.cli import main
+from diffusion_classifier.core.estimator import Pair, Trial, model_error_fn
+from diffusion_classifier.core.noise import NoiseBank
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.estimator import Pair, Trial, model_error_fn
-from diffusion_classifier.fast import FastConfig, FastModel, apply_fast, bucket, resolve_fast
-from diffusion_classifier.flops import count_flops, flops_per_call
+from diffusion_classifier.models.fast import FastConfig, FastModel, apply_fast, bucket, resolve_fast
 from diffusion_classifier.models.gaussian import GaussianClassModel
 from diffusion_classifier.models.random_weights import ARCHITECTURES, RandomWeightsModel, build_network
-from diffusion_classifier.noise import NoiseBank
-from diffusion_classifier.throughput import agreement
 
 EAGER = FastConfig.for_device("cpu", channels_last=False, batch_size=8)  # float32, eager: only the padding acts
 
@@ -89,7 +89,7 @@ def test_overflowed_rows_are_redone_in_float32(tiny, caplog):
         return out
 
     fast.fast.predict_noise = overflowing
-    with caplog.at_level(logging.WARNING, logger="diffusion_classifier.estimator"):
+    with caplog.at_level(logging.WARNING, logger="diffusion_classifier.core.estimator"):
         b = errors(fast)
     assert "not finite" in caplog.text
     torch.testing.assert_close(b, errors(tiny), rtol=1e-6, atol=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_classifier.forward_process import DDPMProcess, RectifiedFlow
+from diffusion_classifier.core.forward_process import DDPMProcess, RectifiedFlow
 from diffusion_classifier.models.gaussian import scaled_linear_alphas_cumprod
 
 T = 1000

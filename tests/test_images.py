@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 from diffusion_classifier import DiffusionClassifier
 from diffusion_classifier.cli import build_parser, main
 from diffusion_classifier.cli.options import image_options_from_args
+from diffusion_classifier.core.schedules import Full
 from diffusion_classifier.data.datasets import open_dataset
 from diffusion_classifier.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -27,9 +28,8 @@ from diffusion_classifier.data.images import (
     to_tensor,
 )
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.runs import RunStore
-from diffusion_classifier.schedules import Full
-from diffusion_classifier.winoground import WinogroundConfig, open_winoground, run_winoground
+from diffusion_classifier.matching.winoground import WinogroundConfig, open_winoground, run_winoground
+from diffusion_classifier.runs.engine import RunStore
 from official import official_dit_transform, official_sd_transform
 
 SIZE = 16  # the tiny SD model's input size

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from diffusion_classifier.cli import main
-from diffusion_classifier.matching import DiffusionMatcher, caption_scores
+from diffusion_classifier.core.schedules import interval_grid
+from diffusion_classifier.matching.scores import DiffusionMatcher, caption_scores
 from diffusion_classifier.pipeline import DiffusionClassifier
-from diffusion_classifier.schedules import interval_grid
 from test_winoground import reference_scores
 
 CAPTIONS = ["a red square", "a square, red", "two blue circles"]

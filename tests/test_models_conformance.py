@@ -21,8 +21,8 @@ import test_models_sd3
 import test_models_sdxl
 from conftest import lowest_mean_error
 from diffusion_classifier import DiffusionClassifier, Full, Staged, count_calls
-from diffusion_classifier.fast import FastConfig, FastModel
 from diffusion_classifier.models import FAMILIES, load_adapter, model_catalog
+from diffusion_classifier.models.fast import FastConfig, FastModel
 from tiny_models import LABELS, PROMPTS, classify_json
 
 # ---- the cases: a tiny folder per family (and per protocol variant) ---------------------------------------

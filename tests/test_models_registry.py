@@ -11,9 +11,9 @@ import torch
 
 from diffusion_classifier.cli import main
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.fast import FastConfig, FastModel
 from diffusion_classifier.models import FAMILIES, model_catalog, resolve_alias
 from diffusion_classifier.models.aliases import ALIASES
+from diffusion_classifier.models.fast import FastConfig, FastModel
 from diffusion_classifier.models.random_weights import ARCHITECTURES, Architecture, RandomWeightsModel, build_network
 
 PUBLISHED_PARAMETERS = {"sdxl-base": 2_567_463_684, "sd3-medium": 2_028_328_000}  # the hub folders' safetensors

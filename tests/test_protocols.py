@@ -25,11 +25,18 @@ from PIL import Image
 import hub_classes as hub
 from builders import hub_copy, imagenet_names, table_classnames
 from diffusion_classifier.cli import main
+from diffusion_classifier.core.schedules import (
+    PUBLISHED,
+    Full,
+    count_calls,
+    get_schedule,
+    interval_grid,
+    schedule_to_dict,
+)
 from diffusion_classifier.data.datasets import HUB_DATASETS
 from diffusion_classifier.data.prompts import published_prompts, read_prompts_csv
 from diffusion_classifier.models.stable_diffusion import StableDiffusionModel
-from diffusion_classifier.runs import RunStore
-from diffusion_classifier.schedules import PUBLISHED, Full, count_calls, get_schedule, interval_grid, schedule_to_dict
+from diffusion_classifier.runs.engine import RunStore
 from dit_original import CHANNELS, random_original_dit, save_dit_pipeline
 
 pytest.importorskip("datasets")

@@ -18,9 +18,8 @@ from diffusion_classifier.cli.options import (
     schedule_from_args,
 )
 from diffusion_classifier.config import resolve_schedule
-from diffusion_classifier.estimator import per_sample_loss, q_sample
-from diffusion_classifier.models.gaussian import GaussianClassModel
-from diffusion_classifier.schedules import (
+from diffusion_classifier.core.estimator import per_sample_loss, q_sample
+from diffusion_classifier.core.schedules import (
     DEFAULT_SCHEDULE,
     SCHEDULES,
     Full,
@@ -29,8 +28,9 @@ from diffusion_classifier.schedules import (
     master_grid,
     paired_t_pvalues,
 )
-from diffusion_classifier.timesteps import ORDERS, even_grid, ordered_grid, van_der_corput_order
-from diffusion_classifier.weighting import TimestepWeights, exp_weights, fit_weights, weight_table
+from diffusion_classifier.core.timesteps import ORDERS, even_grid, ordered_grid, van_der_corput_order
+from diffusion_classifier.core.weighting import TimestepWeights, exp_weights, fit_weights, weight_table
+from diffusion_classifier.models.gaussian import GaussianClassModel
 
 
 @pytest.mark.parametrize("name", list(ORDERS))

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from diffusion_classifier.cli import main
-from diffusion_classifier.metrics import confusion_matrix, mean_per_class_accuracy, wilson_interval
-from diffusion_classifier.report import prefix_accuracy_curve
-from diffusion_classifier.runs import RunStore
+from diffusion_classifier.reporting.metrics import confusion_matrix, mean_per_class_accuracy, wilson_interval
+from diffusion_classifier.reporting.report import prefix_accuracy_curve
+from diffusion_classifier.runs.engine import RunStore
 
 TIMESTEPS = "100,500,900"
 

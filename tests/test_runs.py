@@ -14,7 +14,7 @@ from diffusion_classifier import DiffusionClassifier, Full
 from diffusion_classifier.data.datasets import EvalDataset, open_dataset, read_subset_file, select_indices
 from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.models.gaussian import GaussianClassModel
-from diffusion_classifier.runs import (
+from diffusion_classifier.runs.engine import (
     EvalJob,
     RecordWriter,
     RunStore,
@@ -263,7 +263,7 @@ def test_a_second_process_on_the_same_out_is_refused_and_a_stale_lock_is_taken_o
 
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from diffusion_classifier.runs import RunStore\n"
+        [sys.executable, "-c", "import sys; from diffusion_classifier.runs.engine import RunStore\n"
          "with RunStore(sys.argv[1]).lock():\n    print('locked', flush=True); sys.stdin.read()", str(out)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -283,7 +283,7 @@ def test_a_second_process_on_the_same_out_is_refused_and_a_stale_lock_is_taken_o
 
 @pytest.mark.parametrize("flock", [True, False], ids=["flock", "o_excl"])
 def test_locks_per_rank(tmp_path, monkeypatch, caplog, flock):
-    from diffusion_classifier import runs
+    from diffusion_classifier.runs import engine as runs
 
     if not flock:
         monkeypatch.setattr(runs, "fcntl", None)
@@ -369,7 +369,7 @@ def test_every_image_failing_exits_2(tmp_path, capsys):
 
 
 def test_unusable_out_paths_are_refused_before_any_model_loads(tmp_path, capsys, monkeypatch, no_model_loads):
-    from diffusion_classifier import training
+    from diffusion_classifier.training import train as training
 
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("training started"))
     a_file = tmp_path / "file"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from diffusion_classifier import DiffusionClassifier
-from diffusion_classifier.models.gaussian import GaussianClassModel
-from diffusion_classifier.schedules import (
+from diffusion_classifier.bench.throughput import DATASET_CLASSES
+from diffusion_classifier.core.schedules import (
     SCHEDULE_KINDS,
     Full,
     Racing,
@@ -20,7 +20,7 @@ from diffusion_classifier.schedules import (
     get_schedule,
     schedule_names,
 )
-from diffusion_classifier.throughput import DATASET_CLASSES
+from diffusion_classifier.models.gaussian import GaussianClassModel
 
 #: One schedule of each kind with fields away from their defaults (two trials per timestep, antithetic pairs, ...).
 KIND_CASES = {

@@ -15,7 +15,7 @@ from PIL import Image
 
 from builders import comparable
 from diffusion_classifier.cli import main
-from diffusion_classifier.runs import RunStore, read_records
+from diffusion_classifier.runs.engine import RunStore, read_records
 
 N_PER_CLASS = 10
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

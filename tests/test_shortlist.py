@@ -9,8 +9,8 @@ from PIL import Image
 
 from diffusion_classifier import DiffusionClassifier, UserInputError
 from diffusion_classifier.data.prompts import from_labels
+from diffusion_classifier.matching.shortlist import ClipShortlist, parse_shortlist, preprocess
 from diffusion_classifier.models.gaussian import GaussianClassModel
-from diffusion_classifier.shortlist import ClipShortlist, parse_shortlist, preprocess
 
 LABELS = [str(d) for d in range(10)]
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffusion_classifier.core.schedules import Staged, count_calls, get_schedule
 from diffusion_classifier.data import mnist as mnist_data
 from diffusion_classifier.data.prompts import Candidates
 from diffusion_classifier.errors import UserInputError
 from diffusion_classifier.pipeline import DiffusionClassifier, RaceEvent
-from diffusion_classifier.schedules import Staged, count_calls, get_schedule
 from diffusion_classifier.web.handler import (
     OUTPUTS,
     SKETCH,

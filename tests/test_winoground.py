@@ -13,9 +13,7 @@ from PIL import Image
 
 from diffusion_classifier.cli import main
 from diffusion_classifier.errors import UserInputError
-from diffusion_classifier.metrics import wilson_interval
-from diffusion_classifier.runs import RunStore, read_records
-from diffusion_classifier.winoground import (
+from diffusion_classifier.matching.winoground import (
     PairScores,
     Scores,
     group_correct,
@@ -24,6 +22,8 @@ from diffusion_classifier.winoground import (
     summarize,
     text_correct,
 )
+from diffusion_classifier.reporting.metrics import wilson_interval
+from diffusion_classifier.runs.engine import RunStore, read_records
 
 T_INTERVAL = 250  # 4 timesteps: 125, 375, 625, 875
 EXAMPLES = [

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-from .calibration import check_temperature
-from .data.images import DEFAULT_OPTIONS, ImageOptions
-from .errors import UserInputError
-from .estimator import Loss
-from .schedules import (
+from .core.calibration import check_temperature
+from .core.estimator import Loss
+from .core.schedules import (
     DEFAULT_SCHEDULE,
     PUBLISHED,
     Full,
@@ -33,6 +31,8 @@ from .schedules import (
     schedule_from_dict,
     schedule_to_dict,
 )
+from .data.images import DEFAULT_OPTIONS, ImageOptions
+from .errors import UserInputError
 
 if TYPE_CHECKING:
     from .models.base import DiffusionAdapter

@@ -13,16 +13,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .calibration import check_temperature, elbo_scale, probabilities
 from .config import default_schedule, resolve_schedule
+from .core.calibration import check_temperature, elbo_scale, probabilities
+from .core.estimator import ErrorLedger, Loss, model_error_fn
+from .core.noise import NoiseBank, load_noise_file
+from .core.schedules import Schedule, count_calls
+from .core.weighting import TimestepWeights, weight_table
 from .data.images import DEFAULT_OPTIONS, ImageOptions, load_image
 from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_labels, from_template, shown
 from .errors import UserInputError
-from .estimator import ErrorLedger, Loss, model_error_fn
 from .models.base import DiffusionAdapter
-from .noise import NoiseBank, load_noise_file
-from .schedules import Schedule, count_calls
-from .weighting import TimestepWeights, weight_table
 
 
 @dataclass
@@ -91,8 +91,8 @@ class DiffusionClassifier:
         fast: the fast inference path (fast.py: fp16, compiled, static shapes, fp32 redo of overflows);
         None turns it on where it is safe (CUDA) and leaves it off elsewhere.
         """
-        from .fast import apply_fast
         from .models import load_adapter
+        from .models.fast import apply_fast
 
         return cls(apply_fast(load_adapter(str(model), dtype=torch_dtype, device=device, **kwargs), fast))
 
@@ -218,7 +218,7 @@ class DiffusionClassifier:
 
     def shortlist(self, spec: str):
         """The ClipShortlist for a 'clip:MODEL' spec, loaded once per classifier."""
-        from .shortlist import ClipShortlist, parse_shortlist
+        from .matching.shortlist import ClipShortlist, parse_shortlist
 
         if spec not in self._shortlists:
             self._shortlists[spec] = ClipShortlist(parse_shortlist(spec), device=self.model.device)

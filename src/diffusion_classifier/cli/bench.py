@@ -11,7 +11,7 @@ from .options import DEVICE_HELP, positive_int
 from .rules import print_json
 
 if TYPE_CHECKING:
-    from ..fast import FastConfig
+    from ..models.fast import FastConfig
 
 
 def add_parser(sub) -> None:
@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
 
 
 def fast_config_from_args(args: argparse.Namespace, device) -> FastConfig:
-    from ..fast import FastConfig
+    from ..models.fast import FastConfig
 
     overrides = {
         "dtype": args.fast_dtype,
@@ -65,9 +65,9 @@ def fast_config_from_args(args: argparse.Namespace, device) -> FastConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bench.throughput import bench
     from ..models import load_adapter, resolve_device
     from ..models.random_weights import RandomWeightsModel
-    from ..throughput import bench
 
     if args.warmup < 0 or args.iters < 1 or args.repeats < 1:
         raise UserInputError("--warmup must be at least 0, --iters and --repeats at least 1")

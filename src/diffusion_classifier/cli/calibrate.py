@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import ClassifierConfig
     from ..data.datasets import open_dataset
     from ..files import check_out_file
-    from ..fitting import calibrate_dataset
+    from ..reporting.fitting import calibrate_dataset
 
     if not 2 <= args.trials <= 500:
         raise UserInputError(f"--trials must lie in 2..500, got {args.trials}")

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..runs.demo import run_demo
 
     result = run_demo(
         Path(args.out), args.limit, args.seed, args.device, args.batch_size, args.fresh, show_progress(args)

@@ -20,7 +20,7 @@ from .options import (
 from .rules import error, exit_code, show_progress
 
 if TYPE_CHECKING:
-    from ..runs import Shard
+    from ..runs.engine import Shard
 
 
 def add_parser(sub) -> None:
@@ -76,8 +76,8 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import markdown_table
-    from ..runs import Shard
+    from ..reporting.report import markdown_table
+    from ..runs.engine import Shard
 
     shard = Shard.from_env()
     summary = evaluate_args(args, shard)
@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
 def evaluate_args(args: argparse.Namespace, shard: Shard, progress: bool | None = None):
     """evaluation.evaluate with the arguments' settings: every bad argument fails before the model loads."""
     from ..data.datasets import open_dataset, read_subset_file
-    from ..evaluation import Selection, evaluate
-    from ..runs import RunStore
+    from ..runs.engine import RunStore
+    from ..runs.evaluation import Selection, evaluate
 
     RunStore(args.out).check()  # first: a run directory that cannot be used costs no dataset read
     labels, prompts = labels_from_args(args)
@@ -124,7 +124,7 @@ def classifier_from_args(args: argparse.Namespace, device: str | None):
     if (args.model is None) == (getattr(args, "baseline", None) is None):
         raise UserInputError("give one of --model (a diffusion model) and --baseline clip:MODEL")
     if args.model is None:
-        from ..clip_baseline import ClipClassifier
+        from ..matching.clip_baseline import ClipClassifier
 
         return ClipClassifier.from_spec(args.baseline, device)
     return load_classifier(args, device)

@@ -22,7 +22,7 @@ from .rules import Tally, print_json, show_progress
 
 if TYPE_CHECKING:
     from ..data.images import ImageOptions
-    from ..matching import MatchResult, PairScorer
+    from ..matching.scores import MatchResult, PairScorer
 
 
 def add_parser(sub) -> None:
@@ -72,9 +72,9 @@ def add_scorer_options(p: argparse.ArgumentParser, t_interval: int) -> None:
 
 def scorers_from_args(args: argparse.Namespace) -> list[PairScorer]:
     """The diffusion scorer of --model (if given) first, then each --baseline."""
-    from ..clip_baseline import ClipMatcher, parse_baseline
-    from ..matching import DiffusionMatcher
-    from ..schedules import interval_grid
+    from ..core.schedules import interval_grid
+    from ..matching.clip_baseline import ClipMatcher, parse_baseline
+    from ..matching.scores import DiffusionMatcher
 
     if args.model is None and not args.baseline:
         raise UserInputError("give --model (a diffusion model), --baseline clip:MODEL, or both")
@@ -96,7 +96,7 @@ def scorers_from_args(args: argparse.Namespace) -> list[PairScorer]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..matching import match
+    from ..matching.scores import match
 
     image_options = image_options_from_args(args)
     images = [path for path in args.images if readable(path, image_options, args.tally)]

@@ -6,17 +6,17 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.timesteps import ORDERS
 from ..data.prompts import Candidates, read_labels_file, read_prompts_csv
 from ..errors import UserInputError
 from ..names import DEFAULT_MAX_PIXELS, DIT_NETWORKS, SCHEDULES, WEIGHTINGS
-from ..timesteps import ORDERS
 
 if TYPE_CHECKING:  # torch-heavy: imported where a command runs, never while parsing
     from ..config import ClassifierConfig
+    from ..core.estimator import Loss
+    from ..core.schedules import Schedule
     from ..data.images import ImageOptions
-    from ..estimator import Loss
     from ..pipeline import DiffusionClassifier
-    from ..schedules import Schedule
 
 #: --seed takes 0..MAX_SEED: torch.Generator.manual_seed refuses negative seeds and seeds from 2**64 on;
 #: a signed 64-bit range also survives every JSON reader and numpy's int64
@@ -164,7 +164,7 @@ def schedule_from_args(args: argparse.Namespace, T: int | None = None) -> str | 
 
     T: the model's timesteps when known; None leaves the range check of --timesteps to ClassifierConfig.resolved.
     """
-    from ..schedules import Full, Staged, parse_timesteps
+    from ..core.schedules import Full, Staged, parse_timesteps
 
     chosen = [x for x in (args.schedule, args.timesteps, args.to_keep or args.n_samples) if x is not None and x != []]
     if len(chosen) > 1:
@@ -280,6 +280,6 @@ def positive_int(value: str) -> int:
 def check_noise_file(path: str | None) -> None:
     """A missing, unreadable or non-finite --noise-file fails before any model loads."""
     if path is not None:
-        from ..noise import load_noise_file
+        from ..core.noise import load_noise_file
 
         load_noise_file(path)

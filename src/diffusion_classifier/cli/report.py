@@ -10,7 +10,7 @@ from ..files import check_out_dir
 from .rules import print_json
 
 if TYPE_CHECKING:
-    from ..runs import RunStore
+    from ..runs.engine import RunStore
 
 
 def add_parser(sub) -> None:
@@ -34,9 +34,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import winoground
-    from ..report import markdown_table, run_json, summarize_run
-    from ..runs import RunStore
+    from ..matching import winoground
+    from ..reporting.report import markdown_table, run_json, summarize_run
+    from ..runs.engine import RunStore
 
     if any(winoground.is_winoground_run(d) for d in args.runs):
         return run_winoground_reports(args)
@@ -60,8 +60,8 @@ def write_all_figures(stores: list[RunStore], out: Path | None) -> list[Path]:
     """Each run's figures: into its directory, or into --out/NAME (NAME: the run directory's name, made
     unique when two runs share one); with --out and several runs, also one accuracy-vs-calls figure
     comparing them."""
-    from .. import figures
-    from ..report import accuracy_point, summarize_run, write_figures
+    from ..reporting import figures
+    from ..reporting.report import accuracy_point, summarize_run, write_figures
 
     if out is None:
         return [path for store in stores for path in write_figures(store)]
@@ -92,7 +92,7 @@ def unique_names(dirs: list[Path]) -> list[str]:
 
 def run_winoground_reports(args: argparse.Namespace) -> int:
     """Winoground run directories (written by `winoground --out`): their score tables, or their JSON."""
-    from .. import winoground
+    from ..matching import winoground
 
     summaries = [winoground.summarize_run(d) for d in args.runs]  # a run of another kind fails here, first
     for run_dir, scorers in zip(args.runs, summaries):

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..files import check_out_dir
-from ..training_config import TrainConfig
+from ..training.config import TrainConfig
 from .options import add_seed_option, positive_int
 from .rules import show_progress
 
@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)  # before training: weights that cannot be saved are lost
     from ..models import resolve_device
-    from ..training import train
+    from ..training.train import train
 
     cfg = TrainConfig(
         steps=args.steps,

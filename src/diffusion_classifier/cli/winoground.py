@@ -10,7 +10,7 @@ from .options import add_image_options, image_options_from_args, positive_int
 from .rules import error, exit_code, print_json, show_progress
 
 if TYPE_CHECKING:
-    from ..winoground import WinogroundConfig
+    from ..matching.winoground import WinogroundConfig
 
 
 def add_parser(sub) -> None:
@@ -35,8 +35,15 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runs import RunStore, Shard
-    from ..winoground import WinogroundConfig, markdown_table, open_winoground, results_json, run_winoground, summarize
+    from ..matching.winoground import (
+        WinogroundConfig,
+        markdown_table,
+        open_winoground,
+        results_json,
+        run_winoground,
+        summarize,
+    )
+    from ..runs.engine import RunStore, Shard
 
     shard = Shard.from_env()
     if args.out is not None:
@@ -70,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def make_config(args: argparse.Namespace, source: str, n: int, scorers) -> WinogroundConfig:
-    from ..matching import DiffusionMatcher
-    from ..winoground import WinogroundConfig
+    from ..matching.scores import DiffusionMatcher
+    from ..matching.winoground import WinogroundConfig
 
     diffusion = next((s for s in scorers if isinstance(s, DiffusionMatcher)), None)
     return WinogroundConfig(

@@ -15,9 +15,9 @@ from typing import Any, ClassVar, TypeVar
 import torch
 import torch.nn.functional as F
 
+from ..core.forward_process import FLOW_ERRORS, DDPMProcess, FlowError, ForwardProcess, RectifiedFlow
 from ..data.images import reference_transform
 from ..errors import UserInputError
-from ..forward_process import FLOW_ERRORS, DDPMProcess, FlowError, ForwardProcess, RectifiedFlow
 from . import Family, register_family
 from .base import DiffusionAdapter
 

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from ..core.forward_process import DDPMProcess, ForwardProcess
 from ..data.images import DEFAULT_OPTIONS, ImageOptions, load_image
-from ..forward_process import DDPMProcess, ForwardProcess
 
 if TYPE_CHECKING:
-    from ..estimator import Loss
-    from ..schedules import Schedule
+    from ..core.estimator import Loss
+    from ..core.schedules import Schedule
 
 
 class DiffusionAdapter(ABC):

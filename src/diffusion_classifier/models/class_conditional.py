@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.forward_process import DDPMProcess, ddpm_from_float64
+from ..core.schedules import get_schedule, schedule_from_dict
 from ..data.images import center_crop, check_aspect, resize_short_side, to_tensor
 from ..data.prompts import shown
 from ..errors import UserInputError
 from ..files import read_json_object
-from ..forward_process import DDPMProcess, ddpm_from_float64
 from ..names import DIT_NETWORKS
-from ..schedules import get_schedule, schedule_from_dict
 from . import Family, register_family
 from ._diffusers import load_failed, pipeline_class, split_learned_sigma, vae_latent
 from .base import DiffusionAdapter

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import torch
 
+from ..core.forward_process import RectifiedFlow
 from ..errors import UserInputError
-from ..forward_process import RectifiedFlow
 from ._diffusers import pack_pooled, unpack_pooled
 from .base import DiffusionAdapter
 from .gaussian import scaled_linear_alphas_cumprod

@@ -7,8 +7,8 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from ..core.schedules import schedule_names
 from ..pipeline import DiffusionClassifier
-from ..schedules import schedule_names
 from .handler import OUTPUTS, SKETCH, TOP, UPLOAD, Form, Page, classify_updates, page_of
 from .inputs import MODEL_CLASSES, TYPED, preset_labels, preset_names
 

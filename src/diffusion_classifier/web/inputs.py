@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from ..core.schedules import Racing, Schedule, get_schedule
 from ..data import prompts
 from ..data.prompts import Candidates, published_prompts, read_prompts_csv
 from ..errors import UserInputError
-from ..schedules import Racing, Schedule, get_schedule
 
 #: The label presets besides the typed labels and the model's classes: preset name -> bundled prompt table.
 PRESET_TABLES: dict[str, str] = {"CIFAR-10": "cifar10", "STL-10": "stl10", "Pets": "pets", "ImageNet": "imagenet"}

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from .data.registry import DATASETS, published_schedule_names
-from .errors import UserInputError
-from .estimator import Pair, Trial, model_error_fn
-from .fast import FastConfig, FastModel
+from ..core.estimator import Pair, Trial, model_error_fn
+from ..core.noise import NoiseBank
+from ..core.schedules import Racing, count_calls, get_schedule, master_grid
+from ..data.registry import DATASETS, published_schedule_names
+from ..errors import UserInputError
+from ..models.base import DiffusionAdapter
+from ..models.fast import FastConfig, FastModel
 from .flops import flops_per_call
-from .models.base import DiffusionAdapter
-from .noise import NoiseBank
-from .schedules import Racing, count_calls, get_schedule, master_grid
 
 #: Classes of each published schedule's dataset (the registry's): the labels an image is classified among.
 DATASET_CLASSES: dict[str, int] = {

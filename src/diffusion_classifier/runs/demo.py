@@ -14,9 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import strict_json
-from .config import ClassifierConfig
-from .errors import UserInputError
+from .. import strict_json
+from ..config import ClassifierConfig
+from ..errors import UserInputError
 from .evaluation import Selection, evaluate
 
 MODEL = "builtin:mnist"
@@ -33,9 +33,9 @@ def run_demo(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate (or resume), then write results.json and the figures into out; the numbers."""
-    from .pipeline import DiffusionClassifier
-    from .report import run_json, write_figures
-    from .runs import RunStore, Shard, write_atomic
+    from ..pipeline import DiffusionClassifier
+    from ..reporting.report import run_json, write_figures
+    from .engine import RunStore, Shard, write_atomic
 
     model = MODEL  # read now: tests point it at a tiny model
     try:
@@ -78,11 +78,11 @@ def baseline(out: Path, indices: list[int]) -> float | None:
     Training it takes a while on a CPU and its predictions depend only on its config, so the predictions
     on all 1,000 digits are cached in out/baseline.json beside that config.
     """
-    from .runs import write_atomic
+    from .engine import write_atomic
 
     try:
-        from .baseline import BaselineConfig, baseline_predictions
-        from .data.mnist import test_split
+        from ..data.mnist import test_split
+        from ..training.baseline import BaselineConfig, baseline_predictions
     except ImportError:
         return None
     if not indices:

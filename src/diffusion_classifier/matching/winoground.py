@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .data.images import DEFAULT_OPTIONS, ImageOptions, load_image
-from .errors import UserInputError
-from .matching import PairScorer
-from .metrics import wilson_interval
-from .runs import RunStore, Shard, StoredConfig, Work, config_kind, execute, package_versions
+from ..data.images import DEFAULT_OPTIONS, ImageOptions, load_image
+from ..errors import UserInputError
+from ..reporting.metrics import wilson_interval
+from ..runs.engine import RunStore, Shard, StoredConfig, Work, config_kind, execute, package_versions
+from .scores import PairScorer
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def release_image(root: Path, name: Any) -> Path | UserInputError:
 
 def read_hub(source: str, split: str = "test", image_options: ImageOptions = DEFAULT_OPTIONS) -> WinogroundData:
     """The hub dataset (or a save_to_disk folder), image columns decoded lazily."""
-    from .data.datasets import _import_datasets, _load_split
+    from ..data.datasets import _import_datasets, _load_split
 
     datasets = _import_datasets()
     try:

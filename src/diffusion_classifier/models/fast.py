@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from .data.images import DEFAULT_OPTIONS, ImageOptions
-from .errors import UserInputError
-from .forward_process import ForwardProcess
-from .models.base import DiffusionAdapter
-from .names import COMPILE_MODES
+from ..core.forward_process import ForwardProcess
+from ..data.images import DEFAULT_OPTIONS, ImageOptions
+from ..errors import UserInputError
+from ..names import COMPILE_MODES
+from .base import DiffusionAdapter
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any, Protocol, get_args
 
 import torch
 
-from .data.registry import DATASETS, published_schedule_names
-from .errors import UserInputError
+from ..data.registry import DATASETS, published_schedule_names
+from ..errors import UserInputError
 from .estimator import ErrorLedger, Loss, Trial
 from .timesteps import ORDERS, even_grid, ordered_grid
 

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 _BLOCK = 64  # noise is drawn in seeded blocks so any trial index can be reached without drawing all before it
 

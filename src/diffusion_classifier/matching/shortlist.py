@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.images import center_crop, resize_short_side
-from .data.prompts import DEFAULT_TEMPLATE, Candidates
-from .errors import UserInputError
+from ..data.images import center_crop, resize_short_side
+from ..data.prompts import DEFAULT_TEMPLATE, Candidates
+from ..errors import UserInputError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's preprocessing constants
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -47,7 +47,7 @@ class ClipShortlist:
     def __init__(self, model: str | Path, device: str | torch.device | None = None, template: str = DEFAULT_TEMPLATE):
         from transformers import AutoTokenizer, CLIPModel
 
-        from .models import resolve_device, resolve_model_path
+        from ..models import resolve_device, resolve_model_path
 
         path = resolve_model_path(str(model))
         self.device = resolve_device(device)

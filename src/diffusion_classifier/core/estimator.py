@@ -18,7 +18,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .errors import UserInputError
+from ..errors import UserInputError
 from .forward_process import q_sample  # noqa: F401  (its home before the forward processes; re-exported)
 
 log = logging.getLogger(__name__)

@@ -14,15 +14,15 @@ from typing import Any
 
 import torch
 
-from .calibration import elbo_scale, fit_temperature
-from .config import ClassifierConfig
-from .data.datasets import EvalDataset
-from .data.prompts import Candidates
-from .errors import UserInputError
-from .runs import EvalJob, eval_candidates, eval_work, execute
-from .schedules import Full, master_grid
-from .timesteps import ordered_grid
-from .weighting import TimestepWeights, fit_weights
+from ..config import ClassifierConfig
+from ..core.calibration import elbo_scale, fit_temperature
+from ..core.schedules import Full, master_grid
+from ..core.timesteps import ordered_grid
+from ..core.weighting import TimestepWeights, fit_weights
+from ..data.datasets import EvalDataset
+from ..data.prompts import Candidates
+from ..errors import UserInputError
+from ..runs.engine import EvalJob, eval_candidates, eval_work, execute
 
 
 @dataclass(frozen=True)

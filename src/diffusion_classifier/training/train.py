@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data.mnist import CLASS_NAMES, train_split
-from .errors import UserInputError
-from .training_config import TrainConfig
+from ..data.mnist import CLASS_NAMES, train_split
+from ..errors import UserInputError
+from .config import TrainConfig
 
 CONFIG_NAME = "classifier_config.json"
 

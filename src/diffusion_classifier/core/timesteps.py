@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 GOLDEN = (5**0.5 - 1) / 2  # the Kronecker (golden-ratio) sequence has the lowest discrepancy among 1-D rotations
 

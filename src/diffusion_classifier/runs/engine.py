@@ -44,16 +44,16 @@ try:
 except ImportError:  # not on Windows: RunLock falls back to O_EXCL lock files
     fcntl = None
 
-from .config import ClassifierConfig
-from .data.datasets import EvalDataset
-from .data.images import DEFAULT_OPTIONS, ImageOptions
-from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_template, read_prompts_csv, shown
-from .errors import UserInputError
-from .estimator import Loss
-from .files import check_out_dir, read_json_object
-from .names import DEFAULT_MAX_PIXELS
-from .pipeline import ClassificationResult, DiffusionClassifier
-from .schedules import Schedule, schedule_from_dict, schedule_to_dict
+from ..config import ClassifierConfig
+from ..core.estimator import Loss
+from ..core.schedules import Schedule, schedule_from_dict, schedule_to_dict
+from ..data.datasets import EvalDataset
+from ..data.images import DEFAULT_OPTIONS, ImageOptions
+from ..data.prompts import DEFAULT_TEMPLATE, Candidates, from_template, read_prompts_csv, shown
+from ..errors import UserInputError
+from ..files import check_out_dir, read_json_object
+from ..names import DEFAULT_MAX_PIXELS
+from ..pipeline import ClassificationResult, DiffusionClassifier
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.images import DEFAULT_OPTIONS, ImageOptions, load_image
-from .errors import UserInputError
-from .estimator import ErrorLedger, Loss, model_error_fn
-from .pipeline import DiffusionClassifier
-from .schedules import Full
+from ..core.estimator import ErrorLedger, Loss, model_error_fn
+from ..core.schedules import Full
+from ..data.images import DEFAULT_OPTIONS, ImageOptions, load_image
+from ..errors import UserInputError
+from ..pipeline import DiffusionClassifier
 
 UNCONDITIONAL = ""  # the empty prompt: the condition classifier-free guidance trains as "no text"
 

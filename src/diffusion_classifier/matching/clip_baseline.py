@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .data.images import load_image
-from .data.prompts import DEFAULT_TEMPLATE, Candidates, from_template
-from .errors import UserInputError
-from .pipeline import ClassificationResult
+from ..data.images import load_image
+from ..data.prompts import DEFAULT_TEMPLATE, Candidates, from_template
+from ..errors import UserInputError
+from ..pipeline import ClassificationResult
 from .shortlist import ClipShortlist, best_per_class
 
 BASELINE_KINDS = ("clip",)

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..runs.engine import RunConfig, RunStore
 from . import figures
 from .metrics import accuracy, confusion_matrix, mean_per_class_accuracy, wilson_interval
-from .runs import RunConfig, RunStore
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserInputError
-from .names import WEIGHTINGS
+from ..errors import UserInputError
+from ..names import WEIGHTINGS
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ClassifierConfig
-from .data.datasets import EvalDataset, open_dataset, save_subset, select_indices
-from .data.prompts import Candidates
-from .errors import UserInputError
-from .runs import SUBSET_FILE, EvalJob, RunStore, Shard, Work, eval_candidates, eval_work, execute, make_config
+from ..config import ClassifierConfig
+from ..data.datasets import EvalDataset, open_dataset, save_subset, select_indices
+from ..data.prompts import Candidates
+from ..errors import UserInputError
+from .engine import SUBSET_FILE, EvalJob, RunStore, Shard, Work, eval_candidates, eval_work, execute, make_config
 
 if TYPE_CHECKING:
-    from .pipeline import DiffusionClassifier
-    from .report import RunSummary
+    from ..pipeline import DiffusionClassifier
+    from ..reporting.report import RunSummary
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def evaluate(
     delete the directory's earlier config and records first. A rerun with the same arguments resumes;
     a failed image is tried again.
     """
-    from .report import summarize_run
+    from ..reporting.report import summarize_run
 
     store = RunStore(out)
     store.check()  # before the dataset and the model: --out writable, an earlier run readable
@@ -113,7 +113,7 @@ def evaluate(
 def _loader(model: Any) -> Callable[[], Any]:
     """A function that returns the classifier of evaluate's model argument."""
     if isinstance(model, (str, Path)):
-        from .pipeline import DiffusionClassifier
+        from ..pipeline import DiffusionClassifier
 
         return lambda: DiffusionClassifier.from_pretrained(model)
     if hasattr(model, "model"):  # a classifier: DiffusionClassifier, or clip_baseline.ClipClassifier

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.mnist import test_split, train_split
-from .training import random_shift
+from ..data.mnist import test_split, train_split
+from .train import random_shift
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Training the bundled MNIST model and its discriminative CNN baseline."""
