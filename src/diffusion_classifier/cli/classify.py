@@ -45,15 +45,17 @@ def run(args: argparse.Namespace) -> int:
     from ..data.prompts import check_labels, check_template
 
     labels, prompts = labels_from_args(args)
-    schedule_from_args(args)  # bad schedule options fail before the model loads
-    check_noise_file(args.noise_file)
     if labels is not None:  # fail fast, before the model loads
         check_labels(labels)
     if args.template is not None:
         check_template(args.template)
     image_options = image_options_from_args(args)
-    if len(args.images) == 1:
+    if len(args.images) == 1:  # before torch is imported: a mistyped path answers at once
         load_image(args.images[0], image_options)
+    schedule_from_args(args)  # bad schedule options fail before the model loads
+    if args.noise_file is not None and args.seed != 0:  # the file's rows are the noise: a seed would do nothing
+        raise UserInputError("give only one of --seed and --noise-file")
+    check_noise_file(args.noise_file)
     efficiency = efficiency_kwargs(args)
     clf = load_classifier(args)
     candidates = clf.candidates(labels, args.template, prompts)  # bad labels fail before any image work

@@ -506,6 +506,8 @@ def select_indices(
     if per_class is not None:
         return per_class_subset(dataset.label_ids, len(dataset.class_names), per_class, seed)
     if subset is not None:
+        if not subset:  # an empty selection would "finish" a run that classified nothing
+            raise UserInputError("the subset file lists no index: give at least one dataset index")
         bad = [i for i in subset if not 0 <= i < n]
         if bad:
             raise UserInputError(f"subset index {bad[0]} is outside the dataset (0..{n - 1})")
