@@ -9,6 +9,7 @@ no mixed datasets) and security (nothing unpickled: a pickle whose load would cr
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -174,6 +175,7 @@ def text_files(d: Path) -> dict[str, Path]:
     put("prompts_binary.csv", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
     put("weights_bad.json", "{not json")
     put("weights_list.json", "[1, 2, 3]")
+    put("weights_nan.json", '{"edges": [0, 500, 1000], "values": [NaN, 1.0]}')
     return f
 
 
@@ -293,6 +295,24 @@ def wino_folder(d: Path, image_0: str | None = None, lines: list[str] | None = N
     if lines is not None:
         text = "\n".join(lines) + "\n"
     (d / "examples.jsonl").write_text(text)
+    return d
+
+
+def junk_folder(w: World) -> Path:
+    """A class folder as users have them: hidden files, notes and an empty subfolder beside the images."""
+    d = w.root / "junk"
+    if not d.exists():
+        class_folder(d)
+        (d / "3" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+        (d / "8" / "notes.txt").write_text("taken on a phone\n")
+        (d / "8" / "empty").mkdir()
+    return d
+
+
+def unicode_folder(w: World) -> Path:
+    d = w.root / "unicode_classes"
+    if not d.exists():
+        class_folder(d, classes=("猫", "chien à poil"), per_class=1)
     return d
 
 
@@ -498,6 +518,7 @@ def check_rule(argv: list, code: int, out: str, err: str, expected: int, say: st
         assert all(len(line) < 500 for line in problems), problems
     if say is not None:
         assert say.lower() in err.lower(), f"{say!r} not in {err!r}"
+    assert not re.search(r"\b(nan|NaN|inf|Infinity)\b", out), f"a non-number in the output:\n{out}"
     if "--json" in [str(a) for a in argv]:
         for line in out.splitlines():
             if line.strip():
@@ -589,6 +610,9 @@ CASES = [
     C("images/eval-one-bad", lambda w: w.ev("run", f"folder:{w.fold_bad}"), 1),
     C("images/eval-all-bad", lambda w: w.ev("run", f"folder:{w.fold_allbad}"), 2),
     C("images/calibrate-one-bad", lambda w: [*w.calib("w.json", w.fold_bad), "--per-class", "2"], 1),
+    C("images/url", lambda w: [CL, "https://example.com/cat.png", *w.mnist], 2, "not found"),
+    C("images/stdin-dash", lambda w: [CL, "-", *w.mnist], 2),
+    C("images/eval-folder-with-junk", lambda w: w.ev("run", f"folder:{junk_folder(w)}"), 0),
     # 2. labels, templates, prompt files
     C("labels/empty-label", lambda w: [CL, w.img["rgba"], *w.sdc("cat", "")], 2),
     C("labels/duplicate", lambda w: [CL, w.img["rgba"], *w.sdc("cat", "cat")], 2),
@@ -832,6 +856,14 @@ CASES = [
     C("numbers/demo-batch-0", lambda w: ["demo", "--batch-size", "0", "--out", "d", "--limit", "1"], 2),
     C("numbers/demo-seed-negative", lambda w: ["demo", "--seed=-1", "--out", "d", "--limit", "1"], 2),
     C("numbers/demo-device-tpu", lambda w: ["demo", "--device", "tpu", "--out", "d", "--limit", "1"], 2),
+    C("numbers/eval-limit-0", lambda w: [*w.ev(), "--limit", "0"], 2),
+    C("numbers/wino-limit-0", lambda w: [*w.wino_argv(), "--limit", "0"], 2),
+    C("numbers/temperature-tiny", lambda w: [CL, w.img["digit0"], *w.mnist, "--temperature", "1e-300", "--json"], 0),
+    C(
+        "numbers/max-trials-huge",
+        lambda w: [CL, w.img["digit0"], "--model", "builtin:mnist", "--max-trials", str(10**9)],
+        2,
+    ),
     # 4. noise files (builtin:mnist: [N, 1, 28, 28], three trials)
     C(
         "noise/nan",
@@ -877,6 +909,11 @@ CASES = [
     C("noise/wino-nan", lambda w: [*w.wino_argv(), "--noise-file", w.noise["sd_nan"], "--json"], 2, "finite"),
     C("noise/wino-too-few", lambda w: [*w.wino_argv(), "--t-interval", "100", "--noise-file", w.noise["sd_ok"]], 2),
     C("noise/match-nan", lambda w: [*w.match_argv(), "--noise-file", w.noise["sd_nan"], "--json"], 2, "finite"),
+    C(
+        "noise/racing-too-short",
+        lambda w: [CL, w.img["digit0"], "--model", "builtin:mnist", "--noise-file", w.noise["ok_pt"]],
+        2,
+    ),
     # 5. configs and folders
     C("configs/model-missing", lambda w: [CL, w.img["digit0"], "--model", w.root / "no-model"], 2),
     C("configs/model-is-file", lambda w: [CL, w.img["digit0"], "--model", w.models["file"]], 2),
@@ -933,6 +970,10 @@ CASES = [
     C("configs/weights-list", lambda w: [CL, w.img["digit0"], *w.mnist, "--weights", w.txt["weights_list.json"]], 2),
     C("configs/weights-directory", lambda w: [CL, w.img["digit0"], *w.mnist, "--weights", w.root], 2),
     C("configs/eval-out-file", lambda w: w.ev(w.a_file), 2),
+    C("configs/eval-out-empty", lambda w: w.ev(""), 2),
+    C("configs/report-out-empty", lambda w: ["report", w.root, "--out", ""], 2),
+    C("configs/calibrate-out-empty", lambda w: w.calib(""), 2),
+    C("configs/weights-nan", lambda w: [CL, w.img["digit0"], *w.mnist, "--weights", w.txt["weights_nan.json"]], 2),
     C("configs/eval-out-under-file", lambda w: w.ev(w.a_file / "run"), 2),
     C("configs/calibrate-out-dir", lambda w: w.calib(w.root), 2),
     C("configs/calibrate-out-under-file", lambda w: w.calib(w.a_file / "w.json"), 2),
@@ -1067,6 +1108,8 @@ def test_case(case: Case, world: World, tmp_path, monkeypatch, capfd):
         assert "x" * 100 not in err  # the label is shortened in the message
     if case.id in ("labels/file-bom-crlf", "labels/file-blank-line"):  # blank lines are skipped (README)
         assert {s["label"] for s in strict_loads(out)["scores"]} == {"cat", "dog"}
+    if case.id == "images/eval-folder-with-junk":
+        check_integrity(tmp_path / "run", expected=4)
     if case.id in ("images/eval-one-bad", "images/eval-all-bad"):
         check_integrity(tmp_path / "run", expected=4, failed=1 if case.code == 1 else 4)
     if case.id == "images/calibrate-one-bad":
@@ -1445,3 +1488,47 @@ def test_demo_resumes_refuses_other_settings_and_fresh_starts_over(tmp_path, cap
     check_rule(["--json"], code, text, err, 0)
     check_integrity(out, expected=1)
     assert strict_loads(text)["n"] == 1
+
+
+def test_resume_with_save_errors_added_keeps_one_record_per_image(world, tmp_path, capfd):
+    out = tmp_path / "run"
+    run(ev(world, out, "--limit", "2"), capfd)
+    code, _, err = run(ev(world, out, "--save-errors"), capfd)
+    check_rule([], code, "", err, 0)
+    check_integrity(out, expected=4)
+
+
+def test_calibrated_weights_classify_and_csv_parses(world, tmp_path, capfd):
+    weights = tmp_path / "fit" / "w.json"
+    code, _, err = run(world.calib(weights), capfd)
+    check_rule([], code, "", err, 0)
+    code, text, err = run([CL, world.img["digit0"], *world.mnist, "--weights", weights, "--json"], capfd)
+    check_rule(["--json"], code, text, err, 0)
+    code, text, err = run([*world.match_argv(), "--csv", "-q"], capfd)
+    check_rule(["-q"], code, text, err, 0)
+    rows = list(csv.reader(io.StringIO(text)))
+    assert len(rows) == 3 and {len(r) for r in rows} == {4}, rows  # header + 2 images; scorer, image, 2 captions
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_on_one_out_never_both_work(tmp_path):
+    out = tmp_path / "run"
+    argv = cli("eval", *LONG[:-4], "--timesteps", "500", "--device", "cpu", "--limit", "30", "--out", out)
+    procs = [subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env()) for _ in "ab"]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    for code, err in results:
+        check_rule([], code, "", err, code)
+    assert codes in ([0, 0], [0, 2]), results  # one refused while the other ran, or one after the other
+    check_integrity(out, expected=30)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_classify_leaves_whole_json_lines(world):
+    argv = cli(CL, *[world.img["digit0"]] * 40, "--model", "builtin:mnist", "--timesteps", "0:1000:10", "--json")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    first = proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=120)
+    check_rule(["--json"], proc.returncode, first + rest, err, 130)
+    assert strict_loads(first)["image"] == str(world.img["digit0"])

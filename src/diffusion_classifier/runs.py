@@ -248,6 +248,8 @@ class RunStore:
     """A run directory: its config, its locks and its records (merged over all rank files, torn lines ignored)."""
 
     def __init__(self, run_dir: str | Path):
+        if not str(run_dir).strip():  # Path("") is ".": an empty --out would fill the working directory
+            raise UserInputError("a run directory path is empty: give a folder name")
         self.dir = Path(run_dir).expanduser()
 
     @property
