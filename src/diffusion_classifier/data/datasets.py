@@ -161,6 +161,8 @@ def open_dataset(
     """
     if name == "builtin:mnist":
         return _builtin_mnist(split or "test")
+    if name.startswith("builtin:"):  # not a hub id: a typo of the one builtin dataset
+        raise UserInputError(f"unknown dataset {name!r}; use one of {', '.join(dataset_names())}")
     if name.startswith("folder:"):
         return _folder(name, Path(name.split(":", 1)[1]).expanduser(), image_options)
     spec = HUB_DATASETS.get(name)
