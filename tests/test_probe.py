@@ -1552,3 +1552,29 @@ def test_ctrl_c_during_classify_leaves_whole_json_lines(world):
     rest, err = proc.communicate(timeout=120)
     check_rule(["--json"], proc.returncode, first + rest, err, 130)
     assert strict_loads(first)["image"] == str(world.img["digit0"])
+
+
+@pytest.mark.slow
+def test_quiet_on_a_terminal_writes_nothing_to_stderr(world, tmp_path):
+    """Progress bars appear only on a terminal: there, -q must still silence them (and every note)."""
+    import pty
+
+    out = tmp_path / "run"
+    for argv in (
+        [CL, world.img["digit0"], "--model", "builtin:mnist", "-q"],
+        ["eval", "--dataset", f"folder:{world.fold}", "--model", "builtin:mnist", "--out", out, "-q"],
+    ):
+        leader, follower = pty.openpty()
+        proc = subprocess.run(cli(*argv), stdout=subprocess.PIPE, stderr=follower, env=env(), timeout=300)
+        os.close(follower)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            err += chunk
+        os.close(leader)
+        assert proc.returncode == 0 and err == b"", err
