@@ -1501,6 +1501,11 @@ def test_demo_resumes_refuses_other_settings_and_fresh_starts_over(tmp_path, cap
     check_rule(["--json"], code, text, err, 0)
     result = strict_loads(text)
     assert result["n"] == 2 and 0 <= result["baseline_accuracy"] <= 1
+    # the baseline is scored on the digits the diffusion classifier is reported on (its cached predictions)
+    shown = json.loads((out / "results.json").read_text())["images"]
+    predictions = json.loads((out / "baseline.json").read_text())["predictions"]
+    hits = [predictions[r["index"]] == r["label_index"] for r in shown]
+    assert len(shown) == 2 and result["baseline_accuracy"] == sum(hits) / len(hits)
     check_integrity(out, expected=2)
     code, _, err = run(["demo", "--out", out, "--limit", "2", "--seed", "1"], capfd)
     check_rule([], code, "", err, 2)
@@ -1578,3 +1583,29 @@ def test_quiet_on_a_terminal_writes_nothing_to_stderr(world, tmp_path):
             err += chunk
         os.close(leader)
         assert proc.returncode == 0 and err == b"", err
+
+
+def test_shards_by_hand_give_every_image_once(world, tmp_path, monkeypatch, capfd):
+    """Two machines without a shared filesystem: RANK / WORLD_SIZE set by hand (docs/evaluation.md)."""
+    out = tmp_path / "run"
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        code, _, err = run(ev(world, out), capfd)
+        check_rule([], code, "", err, 0)
+    check_integrity(out, expected=4)
+    assert len(list(out.glob("records-rank*.jsonl"))) == 2
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    code, _, err = run(ev(world, out), capfd)  # one process now: nothing left to do
+    check_rule([], code, "", err, 0)
+    check_integrity(out, expected=4)
+
+
+@pytest.mark.parametrize("rank,world_size", [("2", "2"), ("x", "2"), ("0", "zero"), ("-1", "2")])
+def test_a_bad_rank_is_one_line(rank, world_size, world, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    code, _, err = run(ev(world, tmp_path / "run"), capfd)
+    check_rule([], code, "", err, 2, "RANK" if rank != "0" else "WORLD_SIZE")
