@@ -298,6 +298,14 @@ def wino_folder(d: Path, image_0: str | None = None, lines: list[str] | None = N
     return d
 
 
+def fifo(w: World) -> Path:
+    """A named pipe: opening it would wait for a writer forever."""
+    path = w.root / "pipe.png"
+    if not path.exists():
+        os.mkfifo(path)
+    return path
+
+
 def junk_folder(w: World) -> Path:
     """A class folder as users have them: hidden files, notes and an empty subfolder beside the images."""
     d = w.root / "junk"
@@ -611,6 +619,8 @@ CASES = [
     C("images/eval-all-bad", lambda w: w.ev("run", f"folder:{w.fold_allbad}"), 2),
     C("images/calibrate-one-bad", lambda w: [*w.calib("w.json", w.fold_bad), "--per-class", "2"], 1),
     C("images/url", lambda w: [CL, "https://example.com/cat.png", *w.mnist], 2, "not found"),
+    C("images/device-file", lambda w: [CL, "/dev/null", *w.mnist], 2, "not a regular file"),
+    C("images/fifo", lambda w: [CL, fifo(w), *w.mnist], 2, "not a regular file"),
     C("images/stdin-dash", lambda w: [CL, "-", *w.mnist], 2),
     C("images/eval-folder-with-junk", lambda w: w.ev("run", f"folder:{junk_folder(w)}"), 0),
     # 2. labels, templates, prompt files
