@@ -1488,7 +1488,6 @@ def test_bench_json_is_standard(tmp_path, capfd):
     check_rule(["--json", "-q"], code, text, err, 0)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [["--port", "70000"], ["--port=-1"], ["--model", "/no/such/model"], ["--device", "tpu"]],
