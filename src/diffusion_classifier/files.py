@@ -31,7 +31,7 @@ def read_json_object(path: str | Path, fix: str = "fix or replace the file") -> 
 
 def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
     """A folder the command may create or write into; checked before a model loads, so no work is lost."""
-    path = Path(path).expanduser()
+    path = _named(path, flag)
     if path.exists() and not path.is_dir():
         raise UserInputError(f"{flag} {path} is a file; give a folder (it is created if missing)")
     _check_can_create(path, flag)
@@ -40,7 +40,7 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
 
 def check_out_file(path: str | Path, flag: str = "--out") -> Path:
     """A file the command may create or overwrite (its missing parent folders are created when it is written)."""
-    path = Path(path).expanduser()
+    path = _named(path, flag)
     if path.is_dir():
         raise UserInputError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'weights.json'}")
     if path.exists():
@@ -49,6 +49,13 @@ def check_out_file(path: str | Path, flag: str = "--out") -> Path:
         return path
     _check_can_create(path.parent, flag, shown=path)
     return path
+
+
+def _named(path: str | Path, flag: str) -> Path:
+    """The path, refused when empty: Path("") is the working directory, never what an empty --out meant."""
+    if not str(path).strip():
+        raise UserInputError(f"{flag} is empty; give a path")
+    return Path(path).expanduser()
 
 
 def _check_can_create(folder: Path, flag: str, shown: Path | None = None) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UserInputError
 from ..names import ARCHITECTURES, COMPILE_MODES, SCHEDULES
-from .options import DEVICE_HELP, positive_int
+from .options import DEVICE_HELP, device_arg, positive_int
 from .rules import print_json
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     which.add_argument(
         "--random-weights", choices=ARCHITECTURES, help="a published denoiser architecture, random weights"
     )
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--device", type=device_arg, default=None, help=DEVICE_HELP)
     p.add_argument(
         "--schedule",
         nargs="+",

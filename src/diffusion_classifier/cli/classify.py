@@ -11,6 +11,7 @@ from .options import (
     add_model_options,
     add_schedule_options,
     classifier_config_from_args,
+    image_options_from_args,
     labels_from_args,
     load_classifier,
     positive_int,
@@ -41,13 +42,16 @@ def run(args: argparse.Namespace) -> int:
     from ..data.prompts import check_labels, check_template
 
     labels, prompts = labels_from_args(args)
-    config = classifier_config_from_args(args)  # bad settings fail before the model loads
     if labels is not None:  # fail fast, before the model loads
         check_labels(labels)
     if args.template is not None:
         check_template(args.template)
-    if len(args.images) == 1:
-        load_image(args.images[0], config.image_options)
+    image_options = image_options_from_args(args)
+    if len(args.images) == 1:  # before torch is imported: a mistyped path answers at once
+        load_image(args.images[0], image_options)
+    if args.noise_file is not None and args.seed != 0:  # the file's rows are the noise: a seed would do nothing
+        raise UserInputError("give only one of --seed and --noise-file")
+    config = classifier_config_from_args(args)  # bad settings fail before the model loads
     clf = load_classifier(args)
     candidates = clf.candidates(labels, args.template, prompts)  # bad labels fail before any image work
     config = config.resolved(clf.model)

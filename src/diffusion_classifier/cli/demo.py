@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_batch_size_option, add_seed_option
+from .options import add_batch_size_option, add_seed_option, device_arg
 from .rules import exit_code, print_json, show_progress
 
 
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one final JSON object")
     p.add_argument("--fresh", action="store_true", help="delete an earlier demo's records in --out first")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda, cuda:N or mps")
     add_seed_option(p)
     add_batch_size_option(p, default=100)
     p.set_defaults(func=run)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,7 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
     g = p.add_argument_group("model")
     g.add_argument("--model", required=required, help="hub id, local folder, or builtin:NAME (e.g. builtin:mnist)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None, help="weights dtype")
-    g.add_argument("--device", default=None, help=DEVICE_HELP)
+    g.add_argument("--device", type=device_arg, default=None, help=DEVICE_HELP)
     g.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the model's)")
     g.add_argument(
         "--fast",
@@ -233,6 +235,14 @@ def efficiency_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
+def device_arg(value: str) -> str:
+    """--device: spelled as torch names a device this package runs on (whether this machine has it is checked
+    when the model loads); a typo is an argument error before torch is imported."""
+    if not re.fullmatch(r"cpu|mps|auto|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}; use cpu, cuda, cuda:N or mps")
+    return value
+
+
 def add_seed_option(g, default: int | None = 0, what: str = "seed of the trial noise") -> None:
     """--seed, the same for every command (seed_arg checks the range); default None reads as 0."""
     g.add_argument("--seed", type=seed_arg, default=default, help=f"{what}, 0..2**63-1 (default {default or 0})")
@@ -268,13 +278,34 @@ def batch_size_arg(value: str) -> int | None:
 
 def positive_int(value: str) -> int:
     """An argparse type: an integer of at least 1."""
+    return int_in_range(value, 1, None, "a positive integer")
+
+
+def non_negative_int(value: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    return int_in_range(value, 0, None, "an integer of at least 0")
+
+
+def int_in_range(value: str, low: int, high: int | None, what: str) -> int:
+    """An integer in low..high (high None: no bound), else argparse's one-line error naming what was expected."""
     try:
         n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if n < low or (high is not None and n > high):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return n
+
+
+def positive_float(value: str) -> float:
+    """An argparse type: a finite number above 0 (NaN and infinities are refused)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {value}")
+    return x
 
 
 def check_noise_file(path: str | None) -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import UserInputError
 from ..files import check_out_dir
 from .rules import print_json
 
@@ -20,7 +21,7 @@ def add_parser(sub) -> None:
         description="Top-1 (95% Wilson interval), mean per-class accuracy (95% normal approximation), "
         "calls and seconds per image, as a markdown table; figures go into each RUN_DIR or --out.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `eval`")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `eval` or `winoground --out`")
     p.add_argument(
         "--out", default=None, help="write the figures here (one subfolder per run) instead of into each RUN_DIR"
     )
@@ -38,22 +39,50 @@ def run(args: argparse.Namespace) -> int:
     from ..reporting.report import markdown_table, run_json, summarize_run
     from ..runs.engine import RunStore
 
-    if any(winoground.is_winoground_run(d) for d in args.runs):
-        return run_winoground_reports(args)
-    stores = [RunStore(d) for d in args.runs]
-    for store in stores:
-        store.require_config()  # a wrong path fails before any output
+    runs = readable_runs(args)
+    if not runs:
+        return args.tally.code()
     if args.out is not None and not args.json and not args.no_figures:
         check_out_dir(args.out)
-    if args.json:
-        for store in stores:
-            print_json(run_json(store))
-        return 0
-    print(markdown_table([summarize_run(s) for s in stores]))
-    if not args.no_figures:
-        for path in write_all_figures(stores, Path(args.out) if args.out else None):
-            print(f"wrote {path}")
-    return 0
+    if args.json:  # in the order given, whatever their kind
+        for run_dir, is_wino in runs:
+            print_json(winoground_json(run_dir) if is_wino else run_json(RunStore(run_dir)))
+    else:
+        stores = [RunStore(d) for d, is_wino in runs if not is_wino]
+        if stores:
+            print(markdown_table([summarize_run(s) for s in stores]))
+            if not args.no_figures:
+                for path in write_all_figures(stores, Path(args.out) if args.out else None):
+                    print(f"wrote {path}")
+        for run_dir in [d for d, is_wino in runs if is_wino]:
+            print(f"## {run_dir}\n")
+            print("\n".join(winoground.markdown_table(s) for s in winoground.summarize_run(run_dir)))
+    args.tally.done = len(runs)
+    return args.tally.code()
+
+
+def readable_runs(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """(RUN_DIR, is it a Winoground run) for each run that can be read, before any output; each other one is a
+    line on stderr, and the rest are reported (exit 1)."""
+    from ..matching import winoground
+    from ..runs.engine import RunStore
+
+    runs = []
+    for run_dir in args.runs:
+        try:
+            is_wino = winoground.is_winoground_run(run_dir)
+            if not is_wino:
+                RunStore(run_dir).require_config()
+            runs.append((run_dir, is_wino))
+        except UserInputError as exc:
+            args.tally.fail(exc)
+    return runs
+
+
+def winoground_json(run_dir: str) -> dict:
+    from ..matching import winoground
+
+    return {"run": run_dir, **winoground.results_json(winoground.summarize_run(run_dir))}
 
 
 def write_all_figures(stores: list[RunStore], out: Path | None) -> list[Path]:
@@ -88,17 +117,3 @@ def unique_names(dirs: list[Path]) -> list[str]:
         seen[name] = seen.get(name, 0) + 1
         out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
     return out
-
-
-def run_winoground_reports(args: argparse.Namespace) -> int:
-    """Winoground run directories (written by `winoground --out`): their score tables, or their JSON."""
-    from ..matching import winoground
-
-    summaries = [winoground.summarize_run(d) for d in args.runs]  # a run of another kind fails here, first
-    for run_dir, scorers in zip(args.runs, summaries):
-        if args.json:
-            print_json({"run": run_dir, **winoground.results_json(scorers)})
-        else:
-            print(f"## {run_dir}\n")
-            print("\n".join(winoground.markdown_table(s) for s in scorers))
-    return 0

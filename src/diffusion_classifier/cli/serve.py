@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_model_options, load_classifier
+from .options import add_model_options, int_in_range, load_classifier
 
 DEFAULT_MODEL = "builtin:mnist"
 
@@ -18,9 +18,14 @@ def add_parser(sub) -> None:
     )
     add_model_options(p, required=False)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=port_arg, default=7860, help="port, 1..65535 (default 7860)")
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link (internet)")
     p.set_defaults(func=run, model=DEFAULT_MODEL)
+
+
+def port_arg(value: str) -> int:
+    """--port: a TCP port (0, "any free port", is not offered: the page's address would be unknown)."""
+    return int_in_range(value, 1, 65535, "a port number 1..65535")
 
 
 def run(args: argparse.Namespace) -> int:

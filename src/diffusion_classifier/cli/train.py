@@ -7,7 +7,7 @@ import sys
 
 from ..files import check_out_dir
 from ..training.config import TrainConfig
-from .options import add_seed_option, positive_int
+from .options import add_seed_option, device_arg, non_negative_int, positive_float, positive_int
 from .rules import show_progress
 
 DEFAULTS = TrainConfig()
@@ -33,22 +33,31 @@ def add_parser(sub) -> None:
         help=f"images per step (default {DEFAULTS.batch_size})",
     )
     p.add_argument(
-        "--lr", type=float, default=DEFAULTS.lr, help=f"peak learning rate, warmup then cosine (default {DEFAULTS.lr})"
+        "--lr",
+        type=positive_float,
+        default=DEFAULTS.lr,
+        help=f"peak learning rate, warmup then cosine (default {DEFAULTS.lr})",
     )
     p.add_argument(
         "--max-shift",
-        type=int,
+        type=non_negative_int,
         default=DEFAULTS.max_shift,
         help=f"random shift augmentation in pixels (default {DEFAULTS.max_shift})",
     )
     p.add_argument("--init-from", default=None, help="continue from the weights of a model folder saved by train")
     p.add_argument(
-        "--warmup", type=int, default=DEFAULTS.warmup, help=f"learning-rate warmup steps (default {DEFAULTS.warmup})"
+        "--warmup",
+        type=non_negative_int,
+        default=DEFAULTS.warmup,
+        help=f"learning-rate warmup steps (default {DEFAULTS.warmup})",
     )
     p.add_argument(
-        "--save-every", type=int, default=0, help="also save the EMA weights every N steps (default 0: at the end only)"
+        "--save-every",
+        type=non_negative_int,
+        default=0,
+        help="also save the EMA weights every N steps (default 0: at the end only)",
     )
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.set_defaults(func=run)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,9 @@ def load_noise_file(path: str | Path) -> torch.Tensor:
         if path.suffix == ".npy":
             table = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
-            table = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's note on a pickle protocol is noise; a refusal raises below
+                warnings.simplefilter("ignore")
+                table = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure is the user's file, not our bug
         raise UserInputError(f"cannot read noise file {path}: {exc.__class__.__name__}") from None
     if not isinstance(table, torch.Tensor) or table.ndim < 2:

@@ -30,6 +30,8 @@ class Schedule(Protocol):
 
 def master_grid(max_n: int, T: int = 1000) -> list[int]:
     """The reference code's evenly spaced grid of max_n timesteps (SPEC.md §2)."""
+    if max_n > T:  # the grid's step T // max_n would be 0
+        raise UserInputError(f"--n-samples asks for {max_n} timesteps, but the model has {T}: give at most {T}")
     start = T // max_n // 2
     return list(range(start, T, T // max_n))[:max_n]
 

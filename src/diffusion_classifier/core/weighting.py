@@ -8,6 +8,7 @@ Weights are a table w[t] for t = 0..T-1, stored as piecewise-constant bins in JS
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ class TimestepWeights:
     def __post_init__(self) -> None:
         if len(self.edges) != len(self.values) + 1 or list(self.edges) != sorted(set(self.edges)):
             raise UserInputError("timestep weights need increasing edges, one more than values")
+        if not all(math.isfinite(v) for v in self.values):  # NaN slips through the comparisons below
+            raise UserInputError("timestep weights must be finite numbers (no NaN or Infinity)")
         if min(self.values) < 0 or max(self.values) <= 0:
             raise UserInputError("timestep weights must be non-negative and not all zero")
 

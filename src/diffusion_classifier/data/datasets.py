@@ -115,6 +115,8 @@ def open_dataset(
     """
     if name == "builtin:mnist":
         return _builtin_mnist(split or "test")
+    if name.startswith("builtin:"):  # not a hub id: a typo of the one builtin dataset
+        raise UserInputError(f"unknown dataset {name!r}; use one of {', '.join(dataset_names())}")
     if name.startswith("folder:"):
         return _folder(name, Path(name.split(":", 1)[1]).expanduser(), image_options)
     spec = HUB_DATASETS.get(name)
@@ -460,6 +462,8 @@ def select_indices(
     if per_class is not None:
         return per_class_subset(dataset.label_ids, len(dataset.class_names), per_class, seed)
     if subset is not None:
+        if not subset:  # an empty selection would "finish" a run that classified nothing
+            raise UserInputError("the subset file lists no index: give at least one dataset index")
         bad = [i for i in subset if not 0 <= i < n]
         if bad:
             raise UserInputError(f"subset index {bad[0]} is outside the dataset (0..{n - 1})")

@@ -93,6 +93,8 @@ def _open_target(source: Any, name: str) -> Any:
     path = Path(source)
     if path.is_dir():
         raise UserInputError(f"{name} is a directory, not an image file; give image files")
+    if path.exists() and not path.is_file():  # a device, a pipe, a socket: never an image (and may block)
+        raise UserInputError(f"{name} is not a regular file; give image files")
     if not path.is_file():
         raise UserInputError(f"image not found: {name}")
     return path

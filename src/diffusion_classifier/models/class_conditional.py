@@ -105,6 +105,18 @@ def load_alphas_cumprod_float64(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.cumprod(1.0 - betas))
 
 
+def checked_config(config: dict[str, Any], where: Path) -> dict[str, Any]:
+    """classifier_config.json with its fields of the right types: one clear line, not a ValueError in int()."""
+    for key in ("image_size", "channels"):
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserInputError(f"{where}: {key} must be a positive integer, got {value!r}; fix the file")
+    names = config.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(c, (str, int)) for c in names):
+        raise UserInputError(f"{where}: class_names must be a list of names, got {names!r:.60}; fix the file")
+    return config
+
+
 # ---- UNet2DModel with class embeddings (pixel space) ----------------------------------------------------
 
 
@@ -137,7 +149,7 @@ class ClassUNetModel(DiffusionAdapter):
         from diffusers import UNet2DModel
 
         try:
-            config = read_json_object(path / UNET_CONFIG)
+            config = checked_config(read_json_object(path / UNET_CONFIG), path / UNET_CONFIG)
             unet = UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, use_safetensors=True)
             alphas_cumprod = load_alphas_cumprod(path)
         except (OSError, ValueError) as exc:

@@ -101,6 +101,11 @@ def _pct(x: float) -> str:
     return "-" if math.isnan(x) else f"{100 * x:.1f}"
 
 
+def _num(x: float, spec: str) -> str:
+    """x formatted, or "-" for a mean over no image (as _pct writes it)."""
+    return "-" if math.isnan(x) else format(x, spec)
+
+
 def markdown_table(summaries: list[RunSummary]) -> str:
     """Runs side by side; intervals are 95 % (top-1: Wilson; mean per-class: normal approximation)."""
     head = (
@@ -114,7 +119,7 @@ def markdown_table(summaries: list[RunSummary]) -> str:
             f"| {s.run} | {s.model} | {s.dataset} | {s.schedule} | {images} "
             f"| {_pct(s.top1)} [{_pct(s.top1_low)}, {_pct(s.top1_high)}] "
             f"| {_pct(s.mean_class)} [{_pct(s.mean_class_low)}, {_pct(s.mean_class_high)}] "
-            f"| {s.calls_per_image:,.0f} | {s.seconds_per_image:.2f} |"
+            f"| {_num(s.calls_per_image, ',.0f')} | {_num(s.seconds_per_image, '.2f')} |"
         )
     return "\n".join([head, *rows])
 

@@ -76,8 +76,7 @@ class Shard:
 
     @classmethod
     def from_env(cls) -> Shard:
-        env = os.environ
-        shard = cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+        shard = cls(*(_env_int(name, default) for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))))
         if not 0 <= shard.rank < shard.world_size:
             raise UserInputError(f"RANK={shard.rank} is not below WORLD_SIZE={shard.world_size}")
         return shard
@@ -93,6 +92,15 @@ class Shard:
         if device in (None, "auto", "cuda") and self.world_size > 1 and torch.cuda.is_available():
             return f"cuda:{self.local_rank}"
         return device
+
+
+def _env_int(name: str, default: int) -> int:
+    """An integer environment variable of the launcher (torchrun sets them; by hand they may be mistyped)."""
+    value = os.environ.get(name)
+    try:
+        return default if value is None else int(value)
+    except ValueError:
+        raise UserInputError(f"{name}={value!r} is not an integer; set it as torchrun does (e.g. {name}=0)") from None
 
 
 def start_group(shard: Shard) -> bool:
@@ -299,6 +307,8 @@ class RunStore:
     """A run directory: its config, its locks and its records (merged over all rank files, torn lines ignored)."""
 
     def __init__(self, run_dir: str | Path, kind: type[StoredConfig] = RunConfig):
+        if not str(run_dir).strip():  # Path("") is ".": an empty --out would fill the working directory
+            raise UserInputError("a run directory path is empty: give a folder name")
         self.dir = Path(run_dir).expanduser()
         self.kind = kind  # the config class this store reads and writes
 
