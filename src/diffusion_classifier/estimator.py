@@ -97,7 +97,11 @@ class Segment(NamedTuple):
 
 
 Call = Sequence[Segment]  # the rows of one model call, image after image
-CallErrors = Callable[[Sequence[Call]], torch.Tensor]
+#: The fewest rows a model call gets (up to its batch size): on the CPU, matmul kernels take another path below
+#: 16 rows, whose results differ by about 1e-6 relative; from 16 rows on, each row's output is bitwise the same
+#: whatever the batch size and the other rows (measured with 1 and 2 threads on the bundled UNet and a tiny SD).
+MIN_CALL_ROWS = 16
+CallErrors = Callable[[Sequence[Call], int], torch.Tensor]
 
 
 def call_size(model, batch_size: int | None) -> int:
@@ -106,17 +110,19 @@ def call_size(model, batch_size: int | None) -> int:
 
 
 def model_errors(model, noise, loss: Loss = "l2", on_batch: Callable[[int], None] | None = None) -> CallErrors:
-    """The errors of the rows of several model calls, concatenated in row order, float32 on the CPU.
+    """errors(calls, size): the errors of the rows of several model calls, in row order, float32 on the CPU.
 
     noise is a NoiseBank shared by every image. Each row's error is computed from its own (x0, t, eps, c):
-    x_t = forward_process.q_sample(x0, eps, t), error = loss(target(x0, eps), predict_noise(x_t, t, c)), so
-    it depends on neither the batch size nor the other rows of its call. Errors stay on the model's device
-    until every call is queued (one transfer, no host-device synchronisation per call); errors that are not
-    finite (fp16 overflow) are redone with model.safe().
+    x_t = forward_process.q_sample(x0, eps, t), error = loss(target(x0, eps), predict_noise(x_t, t, c)).
+    A call of fewer than MIN_CALL_ROWS rows (and size or more) is padded to that many, its last row repeated
+    and dropped after, so a row's error depends neither on the batch size nor on its call's other rows.
+    size: the rows a call may hold, so the padding never exceeds a call the caller chose to keep small.
+    Errors stay on the model's device until every call is queued (one transfer, no host-device
+    synchronisation per call); errors that are not finite (fp16 overflow) are redone with model.safe().
     """
     process = model.forward_process.to(model.device)
 
-    def call_errors(m, call: Call) -> torch.Tensor:
+    def call_errors(m, call: Call, size: int) -> torch.Tensor:
         """The errors of one model call with adapter m, left on its device."""
         pairs = [p for seg in call for p in seg.pairs]
         t = to_device(torch.tensor([p.trial.t for p in pairs]), m.device)
@@ -124,27 +130,30 @@ def model_errors(model, noise, loss: Loss = "l2", on_batch: Callable[[int], None
         x0 = torch.cat([seg.x0.expand(len(seg.pairs), *seg.x0.shape) for seg in call])
         c = torch.cat([seg.cond[to_device(torch.tensor([p.candidate for p in seg.pairs]), seg.cond.device)]
                        for seg in call])  # fmt: skip
-        x_t = process.q_sample(x0, eps, t)
-        return per_sample_loss(process.target(x0, eps), m.predict_noise(x_t.to(m.dtype), t, c), loss)
+        x_t = process.q_sample(x0, eps, t).to(m.dtype)
+        n, rows = len(pairs), min(size, max(len(pairs), MIN_CALL_ROWS))
+        if n < rows:
+            x_t, t, c = (torch.cat([v, v[-1:].expand(rows - n, *v.shape[1:])]) for v in (x_t, t, c))
+        return per_sample_loss(process.target(x0, eps), m.predict_noise(x_t, t, c)[:n], loss)
 
-    def run(m, calls: Sequence[Call], progress: Callable[[int], None] | None) -> torch.Tensor:
+    def run(m, calls: Sequence[Call], size: int, progress: Callable[[int], None] | None) -> torch.Tensor:
         parts = []
         for call in calls:
-            parts.append(call_errors(m, call))
+            parts.append(call_errors(m, call, size))
             if progress is not None:
                 progress(len(parts[-1]))
         return torch.cat(parts).cpu() if parts else torch.empty(0)
 
     @torch.inference_mode()
-    def errors(calls: Sequence[Call]) -> torch.Tensor:
-        out = run(model, calls, on_batch)
+    def errors(calls: Sequence[Call], size: int) -> torch.Tensor:
+        out = run(model, calls, size, on_batch)
         bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
         safe = getattr(model, "safe", lambda: None)() if bad else None
         if safe is not None:  # overflow in half precision: those rows again in float32, eager
             log.warning("%d of %d errors were not finite; redoing them in %s", len(bad), len(out), safe.dtype)
             rows = [Segment(seg.x0, seg.cond, [p]) for call in calls for seg in call for p in seg.pairs]
-            size = max(sum(len(seg.pairs) for seg in call) for call in calls)
-            out[bad] = run(safe, [[rows[i] for i in bad[k : k + size]] for k in range(0, len(bad), size)], None)
+            redo = [[rows[i] for i in bad[k : k + size]] for k in range(0, len(bad), size)]
+            out[bad] = run(safe, redo, size, None)
         return out
 
     return errors
@@ -168,7 +177,7 @@ def model_error_fn(
     x0 = x0.to(model.device, torch.float32)
 
     def error_fn(pairs: Sequence[Pair]) -> torch.Tensor:
-        return errors([[Segment(x0, cond, pairs[k : k + size])] for k in range(0, len(pairs), size)])
+        return errors([[Segment(x0, cond, pairs[k : k + size])] for k in range(0, len(pairs), size)], size)
 
     return error_fn
 

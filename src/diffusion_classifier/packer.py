@@ -116,7 +116,7 @@ class Packer:
             calls = self._calls(queue, size, short=not more)
             began = time.perf_counter()
             errors = self.call_errors([[Segment(s.image.flight.x0, s.image.flight.cond, s.image.pairs[s.start : s.stop])
-                                        for s in call] for call in calls])  # fmt: skip
+                                        for s in call] for call in calls], size)  # fmt: skip
             self._share(calls, time.perf_counter() - began)
             self._answer(calls, errors, queue, landed)
 

@@ -44,6 +44,11 @@ class ClassificationResult:
         d.update(d.pop("extra"))
         return d
 
+    def to_hf(self) -> list[dict[str, Any]]:
+        """[{"score": probability, "label": ...}] best first, as transformers' zero-shot-image-classification
+        pipeline returns it (one entry per class; the probabilities sum to 1)."""
+        return [{"score": s["probability"], "label": s["label"]} for s in self.scores]
+
 
 @dataclass(frozen=True)
 class _Settings:
