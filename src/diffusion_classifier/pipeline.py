@@ -196,7 +196,9 @@ class DiffusionClassifier:
                 self._cond_cache[c] = row
         return torch.stack([self._cond_cache[c] for c in conditions])
 
-    def __call__(self, image: Any, labels: list[str] | None = None, **options: Any) -> Any:
+    def __call__(
+        self, image: Any, labels: list[str] | None = None, **options: Any
+    ) -> ClassificationResult | list[ClassificationResult]:
         """Classify one image (a path, a PIL image, or what the adapter's encode takes): its ClassificationResult;
         or a list (or tuple) of images: their results, in order, their rows packed into shared model calls.
 
