@@ -1,6 +1,6 @@
-"""How full are the model calls? The bound on what packing trials of several images into one call could save.
+"""How full would the model calls be one image at a time? What the packer (packer.py) saves.
 
-The estimator evaluates one image at a time: each schedule round hands it n (label, trial) pairs, which
+Without the packer each schedule round of one image hands the model n (label, trial) pairs, which
 become ceil(n / B) calls of batch size B. Packing pairs of several images into shared calls could at best
 fill every call: sum(n) / B calls. This script runs each schedule on the analytic Gaussian model (the
 round sizes depend only on which candidates survive, so a model whose errors separate the classes gives

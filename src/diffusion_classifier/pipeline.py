@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from .config import default_schedule, resolve_schedule
 from .core.calibration import check_temperature, elbo_scale, probabilities
-from .core.estimator import ErrorLedger, Loss, model_error_fn
+from .core.estimator import ErrorLedger, Loss, call_size, model_errors
 from .core.noise import NoiseBank, load_noise_file
+from .core.packer import Flight, Packer
 from .core.schedules import Schedule, count_calls
 from .core.weighting import TimestepWeights, weight_table
 from .data.images import DEFAULT_OPTIONS, ImageOptions, load_image
@@ -43,6 +44,25 @@ class ClassificationResult:
         d = asdict(self)
         d.update(d.pop("extra"))
         return d
+
+    def to_hf(self) -> list[dict[str, Any]]:
+        """[{"score": probability, "label": ...}] best first, as transformers' zero-shot-image-classification
+        pipeline returns it (one entry per class; the probabilities sum to 1)."""
+        return [{"score": s["probability"], "label": s["label"]} for s in self.scores]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What classify_stream resolved once for all its images."""
+
+    cands: Candidates
+    schedule: Schedule
+    weights: torch.Tensor | None  # w[t] (weighting.weight_table); None: the plain mean
+    logit_scale: float  # of the probabilities: the ELBO scale over the temperature
+    shortlist: str | None
+    shortlist_k: int
+    image_options: ImageOptions
+    callback: Callable[[RaceEvent], None] | None
 
 
 @dataclass(frozen=True)
@@ -152,8 +172,25 @@ class DiffusionClassifier:
         return torch.stack([self._cond_cache[c] for c in conditions])
 
     def __call__(
+        self, image: Any, labels: list[str] | None = None, **options: Any
+    ) -> ClassificationResult | list[ClassificationResult]:
+        """Classify one image (a path, a PIL image, or what the adapter's encode takes): its ClassificationResult;
+        or a list (or tuple) of images: their results, in order, their rows packed into shared model calls.
+
+        options: those of classify_stream. An image that cannot be read or encoded raises its UserInputError.
+        """
+        many = isinstance(image, (list, tuple))
+        images = list(image) if many else [image]
+        results: list[Any] = [None] * len(images)
+        for position, outcome in self.classify_stream(images, labels, **options):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results[position] = outcome
+        return results if many else results[0]
+
+    def classify_stream(
         self,
-        image: Any,
+        images: Iterable[Any],
         labels: list[str] | None = None,
         *,
         template: str | None = None,
@@ -170,51 +207,100 @@ class DiffusionClassifier:
         shortlist_k: int = 20,
         image_options: ImageOptions = DEFAULT_OPTIONS,
         callback: Callable[[RaceEvent], None] | None = None,
-    ) -> ClassificationResult:
-        """Classify one image (a path, a PIL image, or what the adapter's encode takes).
+    ) -> Iterator[tuple[int, ClassificationResult | Exception]]:
+        """Classify many images: (position, result) for each, yielded as each image finishes (packer.py).
+
+        The rows of every image in flight are packed into model calls of batch_size rows; an image's errors
+        are those of classifying it alone. images may be lazy (a generator): each is opened when its turn
+        comes, and an item may be a zero-argument function that returns the image (e.g. a dataset's decoder).
+        A failure of one image is yielded as (position, the exception): an item whose function raised, or a
+        UserInputError (e.g. an unreadable file); the other images go on. Bad settings raise here, at once.
 
         image_options: how a file is opened (pixel cap, EXIF orientation; data/images.py load_image).
-
         weights: timestep weighting of the mean error ('uniform', 'exp', a weights JSON file; weighting.py).
         temperature: divides the ELBO-scaled logits of the probabilities (default: the model's, else 1).
         shortlist: 'clip:MODEL' ranks the labels with CLIP first; only the top shortlist_k are classified.
-        batch_size: pairs per model call; None lets the model choose (the fast path fills the card), else 32.
-        callback: called with a RaceEvent after each round of model calls (labels still in, calls so far).
+        batch_size: rows (pairs) per model call; None lets the model choose (the fast path fills the card), else 32.
+        callback: called with a RaceEvent after each round of an image (labels still in, calls so far); meant
+        for one image (the web page's live race): the events of several images interleave.
+        result.seconds: the image's opening and encoding plus its share (by rows) of the model calls it was in.
         """
-        began = time.perf_counter()
         if temperature is not None:
             check_temperature(temperature)  # before any model work
-        cands = self.candidates(labels, template, prompts)
         sched, loss = resolve_schedule(schedule, loss, self.default_schedule)
-        name = str(image) if isinstance(image, (str, Path)) else None
-        if isinstance(image, (str, Path, Image.Image)):
-            image = load_image(image, image_options)
-        extra: dict[str, Any] = {}
-        if shortlist is not None:
-            cands = self.shortlist(shortlist).select(image, cands, shortlist_k)
-            extra["shortlist"] = list(cands.class_names.values())
-        x0 = self.model.encode(image)
-        cond = self.conditions(cands.conditions)
         T = self.model.num_train_timesteps
-        max_calls = count_calls(sched, len(cands), T)
-        on_evaluate = None if callback is None else lambda lg, cs: callback(race_event(lg, cs, cands, max_calls))
-        with tqdm(
-            total=max_calls,
-            desc="model calls",
-            unit="call",
-            disable=not progress,
-            file=sys.stderr,
-            leave=False,
-        ) as bar:
-            bank = self.noise_bank(seed, noise, antithetic=getattr(sched, "antithetic", False))
-            error_fn = model_error_fn(self.model, x0, cond, bank, loss, batch_size, on_batch=bar.update)
-            ledger = ErrorLedger(error_fn, len(cands), weights=weight_table(weights, T), on_evaluate=on_evaluate)
-            sched.run(ledger, T)
-        tau = temperature if temperature is not None else getattr(self.model, "default_temperature", 1.0)
-        scale = elbo_scale(self.model.latent_shape, T) / tau
-        result = summarize(ledger, cands, name, time.perf_counter() - began, logit_scale=scale)
-        result.extra.update(extra)
-        return result
+        tau = temperature if temperature is not None else self.model.default_temperature
+        run = _Settings(
+            cands=self.candidates(labels, template, prompts),
+            schedule=sched,
+            weights=weight_table(weights, T),
+            logit_scale=elbo_scale(self.model.latent_shape, T) / tau,
+            shortlist=shortlist,
+            shortlist_k=shortlist_k,
+            image_options=image_options,
+            callback=callback,
+        )
+        bank = self.noise_bank(seed, noise, antithetic=getattr(sched, "antithetic", False))
+        return self._stream(images, run, bank, loss, batch_size, progress)
+
+    def _stream(
+        self, images: Iterable[Any], run: _Settings, bank: NoiseBank, loss: Loss, batch_size: int | None, progress: bool
+    ) -> Iterator[tuple[int, ClassificationResult | Exception]]:
+        """The packer over the images' flights; each landed image summarized (or its failure) at once."""
+        flying: dict[int, tuple[ErrorLedger, Candidates, str | None, dict[str, Any]]] = {}
+        total = None
+        if progress and isinstance(images, Sized):
+            total = count_calls(run.schedule, len(run.cands), self.model.num_train_timesteps) * len(images)
+        with tqdm(total=total, desc="model calls", unit="call", disable=not progress, file=sys.stderr,
+                  leave=False) as bar:  # fmt: skip
+            packer = Packer(model_errors(self.model, bank, loss, on_batch=bar.update),
+                            lambda: call_size(self.model, batch_size))  # fmt: skip
+            for key, error, seconds in packer.run(self._flights(images, run, flying)):
+                if error is not None:
+                    yield key, error
+                    continue
+                ledger, cands, name, extra = flying.pop(key)
+                result = summarize(ledger, cands, name, seconds, logit_scale=run.logit_scale)
+                result.extra.update(extra)
+                yield key, result
+
+    def _flights(self, images: Iterable[Any], run: _Settings, flying: dict) -> Iterator[tuple[int, Flight | Exception]]:
+        """Each image opened in turn, encoded, and its schedule started on a ledger of its own (kept in flying)."""
+        T = self.model.num_train_timesteps
+        for position, item in enumerate(images):
+            began = time.perf_counter()
+            if callable(item):
+                try:
+                    item = item()
+                except Exception as exc:  # whatever a decoder raises is this image's failure, not the run's
+                    yield position, exc
+                    continue
+            try:
+                image, name, cands, extra = self._open(item, run)
+                x0 = self.model.encode(image).to(self.model.device, torch.float32)
+            except UserInputError as exc:
+                yield position, exc
+                continue
+            cond = self.conditions(cands.conditions)
+            ledger = ErrorLedger(None, len(cands), weights=run.weights, on_evaluate=self._race_view(run, cands))
+            flying[position] = (ledger, cands, name, extra)
+            yield position, Flight(x0, cond, run.schedule.plan(ledger, T), time.perf_counter() - began)
+
+    def _race_view(self, run: _Settings, cands: Candidates) -> Callable[[ErrorLedger, Sequence[int]], None] | None:
+        """The ledger's on_evaluate that turns each round into a RaceEvent for run.callback (None: no callback)."""
+        if run.callback is None:
+            return None
+        callback, max_calls = run.callback, count_calls(run.schedule, len(cands), self.model.num_train_timesteps)
+        return lambda ledger, candidates: callback(race_event(ledger, candidates, cands, max_calls))
+
+    def _open(self, item: Any, run: _Settings) -> tuple[Any, str | None, Candidates, dict[str, Any]]:
+        """An image as the adapter takes it, its name (a path's), its candidates (shortlisted) and extra fields."""
+        name = str(item) if isinstance(item, (str, Path)) else None
+        image = load_image(item, run.image_options) if isinstance(item, (str, Path, Image.Image)) else item
+        if run.shortlist is None:
+            return image, name, run.cands, {}
+        cands = self.shortlist(run.shortlist).select(image, run.cands, run.shortlist_k)
+        return image, name, cands, {"shortlist": list(cands.class_names.values())}
 
     def shortlist(self, spec: str):
         """The ClipShortlist for a 'clip:MODEL' spec, loaded once per classifier."""

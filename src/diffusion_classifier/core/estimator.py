@@ -12,8 +12,8 @@ This module knows tensors and numbers only: the model is any DiffusionAdapter-li
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Generator, Sequence
+from typing import Literal, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,30 @@ class Pair(NamedTuple):
     trial: Trial
 
 
+class Request(NamedTuple):
+    """What a schedule asks for: every given candidate on every given trial (candidate-major rows, as the
+    reference code packs them)."""
+
+    candidates: tuple[int, ...]
+    trials: tuple[Trial, ...]
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return [Pair(c, tr) for c in self.candidates for tr in self.trials]
+
+
 ErrorFn = Callable[[Sequence[Pair]], torch.Tensor]
+R = TypeVar("R")
+
+
+def drive(steps: Generator[Request, torch.Tensor, R], error_fn: ErrorFn) -> R:
+    """Run a schedule's steps to their end, answering each request with error_fn (one image, no packing)."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(error_fn(request.pairs))
+    except StopIteration as stop:
+        return stop.value
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -63,6 +86,73 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if torch.device(device).type != "cuda":
         return x.to(device)
     return x.pin_memory().to(device, non_blocking=True)
+
+
+class Segment(NamedTuple):
+    """The rows of one image in one model call: its latent, its candidates' condition rows, its pairs."""
+
+    x0: torch.Tensor  # (C, h, w), float32, on the model's device
+    cond: torch.Tensor  # (n_candidates, ...): rows of model.condition
+    pairs: Sequence[Pair]
+
+
+Call = Sequence[Segment]  # the rows of one model call, image after image
+CallErrors = Callable[[Sequence[Call], int], torch.Tensor]
+
+
+def call_size(model, batch_size: int | None) -> int:
+    """Rows per model call: batch_size, else the model's own (the fast path's fills the card), else 32."""
+    return batch_size or model.batch_size or 32
+
+
+def model_errors(model, noise, loss: Loss = "l2", on_batch: Callable[[int], None] | None = None) -> CallErrors:
+    """errors(calls, size): the errors of the rows of several model calls, in row order, float32 on the CPU.
+
+    noise is a NoiseBank shared by every image. Each row's error is computed from its own (x0, t, eps, c):
+    x_t = forward_process.q_sample(x0, eps, t), error = loss(target(x0, eps), predict_noise(x_t, t, c)).
+    A call of fewer than model.min_call_rows rows (and size or more) is padded to that many, its last row repeated
+    and dropped after, so a row's error depends neither on the batch size nor on its call's other rows.
+    size: the rows a call may hold, so the padding never exceeds a call the caller chose to keep small.
+    Errors stay on the model's device until every call is queued (one transfer, no host-device
+    synchronisation per call); errors that are not finite (fp16 overflow) are redone with model.safe().
+    """
+    process = model.forward_process.to(model.device)
+
+    def call_errors(m, call: Call, size: int) -> torch.Tensor:
+        """The errors of one model call with adapter m, left on its device."""
+        pairs = [p for seg in call for p in seg.pairs]
+        t = to_device(torch.tensor([p.trial.t for p in pairs]), m.device)
+        eps = to_device(noise[[p.trial.noise_index for p in pairs]], m.device)
+        x0 = torch.cat([seg.x0.expand(len(seg.pairs), *seg.x0.shape) for seg in call])
+        c = torch.cat([seg.cond[to_device(torch.tensor([p.candidate for p in seg.pairs]), seg.cond.device)]
+                       for seg in call])  # fmt: skip
+        x_t = process.q_sample(x0, eps, t).to(m.dtype)
+        n, rows = len(pairs), min(size, max(len(pairs), m.min_call_rows))
+        if n < rows:
+            x_t, t, c = (torch.cat([v, v[-1:].expand(rows - n, *v.shape[1:])]) for v in (x_t, t, c))
+        return per_sample_loss(process.target(x0, eps), m.predict_noise(x_t, t, c)[:n], loss)
+
+    def run(m, calls: Sequence[Call], size: int, progress: Callable[[int], None] | None) -> torch.Tensor:
+        parts = []
+        for call in calls:
+            parts.append(call_errors(m, call, size))
+            if progress is not None:
+                progress(len(parts[-1]))
+        return torch.cat(parts).cpu() if parts else torch.empty(0)
+
+    @torch.inference_mode()
+    def errors(calls: Sequence[Call], size: int) -> torch.Tensor:
+        out = run(model, calls, size, on_batch)
+        bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
+        safe = model.safe() if bad else None
+        if safe is not None:  # overflow in half precision: those rows again in float32, eager
+            log.warning("%d of %d errors were not finite; redoing them in %s", len(bad), len(out), safe.dtype)
+            rows = [Segment(seg.x0, seg.cond, [p]) for call in calls for seg in call for p in seg.pairs]
+            redo = [[rows[i] for i in bad[k : k + size]] for k in range(0, len(bad), size)]
+            out[bad] = run(safe, redo, size, None)
+        return out
+
+    return errors
 
 
 def model_error_fn(
@@ -74,58 +164,31 @@ def model_error_fn(
     batch_size: int | None = 32,
     on_batch: Callable[[int], None] | None = None,
 ) -> ErrorFn:
-    """An ErrorFn that evaluates pairs with the model, batch_size pairs per call, in order.
+    """An ErrorFn over one image's latent x0: its pairs in calls of batch_size rows, in order (model_errors).
 
-    x0 is one image's latent, cond the conditions' rows (model.condition), noise a NoiseBank. The
-    errors depend on neither the batch size nor the order: each row is computed from its own (t, eps, c).
-    batch_size None: the model's own batch_size (the fast path's fills the card), else 32.
-    Errors stay on the model's device until every call of a request is queued (one transfer, no host-device
-    synchronisation per call); errors that are not finite (fp16 overflow) are redone with model.safe().
+    cond holds the conditions' rows (model.condition), noise is a NoiseBank; batch_size None: call_size.
     """
-    size = batch_size or getattr(model, "batch_size", None) or 32
-    process = model.forward_process.to(model.device)
+    size = call_size(model, batch_size)
+    errors = model_errors(model, noise, loss, on_batch)
     x0 = x0.to(model.device, torch.float32)
 
-    def batch_errors(m, batch: Sequence[Pair]) -> torch.Tensor:
-        """The errors of one model call with adapter m, left on its device."""
-        t = to_device(torch.tensor([p.trial.t for p in batch]), m.device)
-        eps = to_device(noise[[p.trial.noise_index for p in batch]], m.device)
-        x_t = process.q_sample(x0, eps, t)
-        c = cond[to_device(torch.tensor([p.candidate for p in batch]), cond.device)]
-        return per_sample_loss(process.target(x0, eps), m.predict_noise(x_t.to(m.dtype), t, c), loss)
+    def error_fn(pairs: Sequence[Pair]) -> torch.Tensor:
+        return errors([[Segment(x0, cond, pairs[k : k + size])] for k in range(0, len(pairs), size)], size)
 
-    def run(m, pairs: Sequence[Pair], progress: Callable[[int], None] | None) -> torch.Tensor:
-        parts = []
-        for start in range(0, len(pairs), size):
-            batch = pairs[start : start + size]
-            parts.append(batch_errors(m, batch))
-            if progress is not None:
-                progress(len(batch))
-        return torch.cat(parts).cpu() if parts else torch.empty(0)
-
-    @torch.inference_mode()
-    def errors(pairs: Sequence[Pair]) -> torch.Tensor:
-        out = run(model, pairs, on_batch)
-        bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
-        safe = getattr(model, "safe", lambda: None)() if bad else None
-        if safe is not None:  # overflow in half precision: those pairs again in float32, eager
-            log.warning("%d of %d errors were not finite; redoing them in %s", len(bad), len(out), safe.dtype)
-            out[bad] = run(safe, [pairs[i] for i in bad], None)
-        return out
-
-    return errors
+    return error_fn
 
 
 class ErrorLedger:
     """Every trial evaluated for every candidate, in evaluation order, and the model calls spent.
 
-    Schedules talk only to this object: evaluate(candidates, trials) runs the same trials for each
-    given candidate (candidate-major, as the reference code packs them) and records the errors.
+    Schedules talk only to this object: ask(candidates, trials) requests the same trials for each given
+    candidate (candidate-major, as the reference code packs them) and records the errors sent back;
+    evaluate() answers such a request at once with error_fn (None when a packer answers instead).
     """
 
     def __init__(
         self,
-        error_fn: ErrorFn,
+        error_fn: ErrorFn | None,
         n_candidates: int,
         weights: torch.Tensor | None = None,
         on_evaluate: Callable[[ErrorLedger, Sequence[int]], None] | None = None,
@@ -140,17 +203,30 @@ class ErrorLedger:
         self.kept: list[int] = []  # the schedule's last keep(): its survivors, best first
 
     def evaluate(self, candidates: Sequence[int], trials: Sequence[Trial]) -> torch.Tensor:
-        """Errors of shape (len(candidates), len(trials)), recorded in the ledger."""
-        pairs = [Pair(c, tr) for c in candidates for tr in trials]
-        if not pairs:
-            return torch.empty(len(candidates), len(trials))
-        errs = self.error_fn(pairs).view(len(candidates), len(trials))
-        self.calls += len(pairs)
-        for row, c in zip(errs.tolist(), candidates):
-            self.trials[c].extend(trials)
+        """Errors of shape (len(candidates), len(trials)) from the ledger's error_fn, recorded in the ledger."""
+        return drive(self.ask(candidates, trials), self.error_fn)
+
+    def ask(self, candidates: Sequence[int], trials: Sequence[Trial]) -> Generator[Request, torch.Tensor, torch.Tensor]:
+        """A schedule's step: yield the Request for candidates x trials, record the errors it is sent back.
+
+        Schedules `yield from ledger.ask(...)`: whoever drives them (drive, or the packer for many images)
+        answers. Nothing is asked for an empty request. Returns the errors, (len(candidates), len(trials)).
+        """
+        request = Request(tuple(candidates), tuple(trials))
+        if not request.candidates or not request.trials:
+            return torch.empty(len(request.candidates), len(request.trials))
+        errors = yield request
+        return self.record(request, errors)
+
+    def record(self, request: Request, errors: torch.Tensor) -> torch.Tensor:
+        """Record the errors of a request's pairs (in Request.pairs order) and count its model calls."""
+        errs = errors.view(len(request.candidates), len(request.trials))
+        self.calls += errs.numel()
+        for row, c in zip(errs.tolist(), request.candidates):
+            self.trials[c].extend(request.trials)
             self.errors[c].extend(row)
         if self.on_evaluate is not None:
-            self.on_evaluate(self, candidates)
+            self.on_evaluate(self, request.candidates)
         return errs
 
     def mean_errors(self, candidates: Sequence[int] | None = None) -> torch.Tensor:

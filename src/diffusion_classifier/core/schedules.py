@@ -1,13 +1,16 @@
 """Schedules: which (candidate, trial) pairs to evaluate, round by round, until one candidate remains.
 
-A schedule is a frozen dataclass with run(ledger, T): it asks the ErrorLedger to evaluate trials for
-some candidates, reads the mean errors back, and stops. The ledger's ranking is the decision.
+A schedule is a frozen dataclass whose plan(ledger, T) is a resumable state machine (a generator): it
+yields Requests (candidates x trials) through ledger.ask, is sent their errors, which the ledger records,
+reads the mean errors back, and stops. The ledger's ranking is the decision. Whoever drives the plan
+answers the requests: run(ledger, T) with the ledger's own error function (one image), or the packer
+(packer.py) with rows of many images in one model call; the plan cannot tell the difference.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, get_args
@@ -16,11 +19,17 @@ import torch
 
 from ..data.registry import DATASETS, published_schedule_names
 from ..errors import UserInputError
-from .estimator import ErrorLedger, Loss, Trial
+from .estimator import ErrorLedger, Loss, Request, Trial, drive
 from .timesteps import ORDERS, even_grid, ordered_grid
+
+Steps = Generator[Request, torch.Tensor, None]  # a plan: yields requests, is sent their errors
 
 
 class Schedule(Protocol):
+    def plan(self, ledger: ErrorLedger, T: int) -> Steps:
+        """The schedule's steps over one image's ledger (see the module docstring)."""
+        ...
+
     def run(self, ledger: ErrorLedger, T: int) -> None: ...
 
     def max_trials(self, T: int) -> int:
@@ -48,15 +57,25 @@ def interval_grid(t_interval: int, T: int = 1000) -> tuple[int, ...]:
     return tuple(range(t_interval // 2, T, t_interval))
 
 
+class Planned:
+    """run(ledger, T): the plan driven to its end by the ledger's own error function (one image, no packing)."""
+
+    def plan(self, ledger: ErrorLedger, T: int) -> Steps:
+        raise NotImplementedError
+
+    def run(self, ledger: ErrorLedger, T: int) -> None:
+        drive(self.plan(ledger, T), ledger.error_fn)
+
+
 @dataclass(frozen=True)
-class Full:
+class Full(Planned):
     """Every candidate on the given timesteps; the i-th timestep uses noise i."""
 
     timesteps: tuple[int, ...]
 
-    def run(self, ledger: ErrorLedger, T: int) -> None:
+    def plan(self, ledger: ErrorLedger, T: int) -> Steps:
         check_timesteps(self.timesteps, T)
-        ledger.evaluate(range(ledger.n_candidates), [Trial(t, i) for i, t in enumerate(self.timesteps)])
+        yield from ledger.ask(range(ledger.n_candidates), [Trial(t, i) for i, t in enumerate(self.timesteps)])
         ledger.keep(range(ledger.n_candidates), 1)  # a one-stage Staged with to_keep 1: the same winner
 
     def max_trials(self, T: int) -> int:
@@ -64,7 +83,7 @@ class Full:
 
 
 @dataclass(frozen=True)
-class Staged:
+class Staged(Planned):
     """The published stage-wise elimination (Li et al. 2023, eval_prob_adaptive), arithmetic as released.
 
     Stage s evaluates the surviving candidates on its grid's timesteps not yet evaluated, n_trials
@@ -84,7 +103,7 @@ class Staged:
         if min(self.n_samples) < 1 or min(self.to_keep) < 1 or self.n_trials < 1:
             raise UserInputError("--n-samples, --to-keep and n_trials must be positive")
 
-    def run(self, ledger: ErrorLedger, T: int) -> None:
+    def plan(self, ledger: ErrorLedger, T: int) -> Steps:
         grid = master_grid(max(self.n_samples), T)
         remaining = list(range(ledger.n_candidates))
         evaluated: list[int] = []
@@ -97,7 +116,7 @@ class Staged:
             ]
             evaluated.extend(ts)
             if len(remaining) > 1 or not ledger.errors[remaining[0]]:
-                ledger.evaluate(remaining, trials)
+                yield from ledger.ask(remaining, trials)
             remaining = ledger.keep(remaining, k)  # torch.topk over float32 -mean errors, as published
 
     def max_trials(self, T: int) -> int:
@@ -126,7 +145,7 @@ def _racing_trials(n_grid: int, T: int, order: str, cap: int, antithetic: bool) 
 
 
 @dataclass(frozen=True)
-class Racing:
+class Racing(Planned):
     """Sequential paired elimination ("racing"), after Clark & Jaini 2023 (paired t-test, p < 2e-3).
 
     Rounds of round_trials trials are shared by all remaining candidates; from min_trials on, after each
@@ -164,13 +183,13 @@ class Racing:
             raise UserInputError(f"--max-trials {self.cap} exceeds the model's {T} timesteps")
         return _racing_trials(n_grid, T, self.order, self.cap, self.antithetic)
 
-    def run(self, ledger: ErrorLedger, T: int) -> None:
+    def plan(self, ledger: ErrorLedger, T: int) -> Steps:
         trials = self.trials(T)
         remaining = list(range(ledger.n_candidates))
         done = 0
         while done < len(trials) and (len(remaining) > 1 or done == 0):
             step = trials[done : done + self.round_trials]
-            ledger.evaluate(remaining, step)
+            yield from ledger.ask(remaining, step)
             done += len(step)
             if done >= self.min_trials and len(remaining) > 1:
                 values = torch.stack([ledger.trial_values(c) for c in remaining])

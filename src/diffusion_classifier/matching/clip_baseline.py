@@ -9,7 +9,7 @@ logits_per_image), scored the way the diffusion model's pairs and labels are sco
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,22 @@ class ClipClassifier:
         self, labels: list[str] | None = None, template: str | None = None, prompts: Candidates | None = None
     ) -> Candidates:
         return prompts if prompts is not None else from_template(labels or [], template or DEFAULT_TEMPLATE)
+
+    def classify_stream(
+        self, images: Iterable[Any], **kwargs: Any
+    ) -> Iterator[tuple[int, ClassificationResult | Exception]]:
+        """(position, result or the exception) for each image, as DiffusionClassifier.classify_stream yields them;
+        an item may be a zero-argument function that returns the image (e.g. a dataset's decoder)."""
+        for position, item in enumerate(images):
+            try:
+                image = item() if callable(item) else item
+            except Exception as exc:  # a decoder's failure is this image's, as in the diffusion stream
+                yield position, exc
+                continue
+            try:
+                yield position, self(image, **kwargs)
+            except UserInputError as exc:
+                yield position, exc
 
     def __call__(
         self,

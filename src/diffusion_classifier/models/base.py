@@ -45,6 +45,11 @@ class DiffusionAdapter(ABC):
     default_temperature: float = 1.0
     #: Rows per model call when the caller leaves the batch size to the model (None: 32); the fast path sets its own.
     batch_size: int | None = None
+    #: The fewest rows a model call gets (up to its batch size; padding repeats the last row, dropped after): on
+    #: the CPU, matmul kernels take another path below 16 rows, whose results differ by about 1e-6 relative; from
+    #: 16 rows on, each row's output is bitwise the same whatever the batch size and the other rows (measured with
+    #: 1 and 2 threads on the bundled UNet and a tiny SD). A model whose rows never interact sets 1.
+    min_call_rows: int = 16
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:

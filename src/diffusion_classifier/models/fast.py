@@ -152,6 +152,10 @@ class FastModel(DiffusionAdapter):
         return self.inner.default_temperature
 
     @property
+    def min_call_rows(self) -> int:
+        return self.inner.min_call_rows
+
+    @property
     def forward_process(self) -> ForwardProcess:
         return self.inner.forward_process
 

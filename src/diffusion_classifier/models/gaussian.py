@@ -26,6 +26,7 @@ def scaled_linear_alphas_cumprod(T: int = 1000, beta_start: float = 0.00085, bet
 
 class GaussianClassModel(DiffusionAdapter):
     conditioning = "class"
+    min_call_rows = 1  # closed-form rows that never interact: no padding to keep them batch-independent
 
     def __init__(self, means: torch.Tensor, std: float = 1.0, alphas_cumprod: torch.Tensor | None = None):
         self.means = means.float()  # (K, C, h, w)

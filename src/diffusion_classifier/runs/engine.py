@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -942,32 +943,30 @@ def eval_work(clf: DiffusionClassifier, job: EvalJob, config: RunConfig | None =
 def classify_stream(
     clf: DiffusionClassifier, job: EvalJob, indices: Sequence[int], rank: int
 ) -> Iterator[dict[str, Any]]:
-    """The record of each dataset image in indices, yielded as each image finishes (the order may differ)."""
-    for i in indices:
-        yield classify_one(clf, job, i, rank)
+    """The record of each dataset image in indices, yielded as each image finishes (the order may differ).
 
-
-def classify_one(clf: DiffusionClassifier, job: EvalJob, i: int, rank: int) -> dict[str, Any]:
-    """The record of dataset image i: decode it, classify it exactly as the classify API does."""
-    label_index = job.dataset.label_ids[i]
-    label = job.dataset.class_names[label_index]
-    try:
-        image = job.dataset.image(i)
-    except Exception as exc:  # any decode failure is this image's problem, not the run's
-        log.warning("image %d failed to decode: %s", i, exc)
-        return failed_record(i, label, label_index, exc, rank)
-    try:
-        result = clf(
-            image,
-            prompts=job.candidates,
-            schedule=job.schedule,
-            loss=job.loss,
-            seed=job.seed,
-            noise=job.noise_file,
-            batch_size=job.batch_size,
-            **job.options,
-        )
-    except UserInputError as exc:  # e.g. an image the adapter cannot encode
-        log.warning("image %d failed: %s", i, exc)
-        return failed_record(i, label, label_index, exc, rank)
-    return make_record(i, label, label_index, result, rank, job.save_errors)
+    The images fly together: their rows share full model calls (packer.py), each decoded when its turn
+    comes, with the errors of classifying it alone. An image that fails to decode or encode gets a failed
+    record; the others go on.
+    """
+    indices = list(indices)
+    images = [functools.partial(job.dataset.image, i) for i in indices]
+    outcomes = clf.classify_stream(
+        images,
+        prompts=job.candidates,
+        schedule=job.schedule,
+        loss=job.loss,
+        seed=job.seed,
+        noise=job.noise_file,
+        batch_size=job.batch_size,
+        **job.options,
+    )
+    for position, outcome in outcomes:
+        i = indices[position]
+        label_index = job.dataset.label_ids[i]
+        label = job.dataset.class_names[label_index]
+        if isinstance(outcome, BaseException):
+            log.warning("image %d failed: %s", i, outcome)
+            yield failed_record(i, label, label_index, outcome, rank)
+        else:
+            yield make_record(i, label, label_index, outcome, rank, job.save_errors)
