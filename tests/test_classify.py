@@ -187,6 +187,22 @@ def test_one_bad_image_among_several_exits_1_and_classifies_the_rest(tiny_sd_pat
     assert "missing.png" in err and "Traceback" not in err
 
 
+def test_two_images_in_one_command_have_the_errors_of_each_alone(tiny_sd_path, image_files, capsys):
+    """The packer shares model calls between the images (batch 4 splits each image's 9 rows across calls);
+    each image's errors are still those of classifying it alone, and the lines come in the input order."""
+    args = ["--model", tiny_sd_path, "--labels", *LABELS, "--timesteps", "100,500,900", "--batch-size", "4", "--json"]
+    code, out, _ = run_cli(capsys, "classify", image_files[1], image_files[0], *args)
+    assert code == 0
+    together = [json.loads(line) for line in out.splitlines()]
+    assert [r["image"] for r in together] == [str(image_files[1]), str(image_files[0])]
+    for result, image in zip(together, [image_files[1], image_files[0]]):
+        code, out, _ = run_cli(capsys, "classify", image, *args)
+        alone = json.loads(out)
+        assert code == 0 and result["prediction"] == alone["prediction"]
+        for label in LABELS:
+            np.testing.assert_allclose(result["errors"][label]["values"], alone["errors"][label]["values"], rtol=1e-6)
+
+
 def test_console_entry_point_runs_as_a_module(tiny_sd_path, image_files):
     proc = subprocess.run(
         [sys.executable, "-m", "diffusion_classifier", "classify", str(image_files[0]), "--model", str(tiny_sd_path),

@@ -55,21 +55,31 @@ def run(args: argparse.Namespace) -> int:
     clf = load_classifier(args)
     candidates = clf.candidates(labels, args.template, prompts)  # bad labels fail before any image work
     config = config.resolved(clf.model)
-    tally = args.tally
-    for path in args.images:
-        try:
-            result = clf(path, prompts=candidates, progress=show_progress(args), **config.call_kwargs())
-        except UserInputError as exc:
-            if len(args.images) == 1:
-                raise
-            tally.fail(exc)
-            continue
-        tally.done += 1
-        if args.json:
-            print_json(result.to_dict())
-        else:
-            print_table(result, args.top)
-    return tally.code()
+    outcomes = clf.classify_stream(
+        args.images, prompts=candidates, progress=show_progress(args), **config.call_kwargs()
+    )
+    waiting: dict[int, object] = {}  # outcomes that finished before an earlier image: printed in input order
+    shown = 0
+    for position, outcome in outcomes:
+        waiting[position] = outcome
+        while shown in waiting:
+            report(waiting.pop(shown), args, single=len(args.images) == 1)
+            shown += 1
+    return args.tally.code()
+
+
+def report(outcome: object, args: argparse.Namespace, single: bool) -> None:
+    """One image's outcome: its table or JSON line, or its failure's line on stderr (a lone image's raises)."""
+    if isinstance(outcome, UserInputError) and not single:
+        args.tally.fail(outcome)
+        return
+    if isinstance(outcome, BaseException):
+        raise outcome
+    args.tally.done += 1
+    if args.json:
+        print_json(outcome.to_dict())
+    else:
+        print_table(outcome, args.top)
 
 
 def print_table(result, top: int) -> None:
