@@ -1,7 +1,7 @@
 """Names the command line offers in --help and choices, importable without torch.
 
 `--help` and argument errors must answer at once, before torch loads (about a second on a small machine),
-so the names live here. Tuples are the registries' own (weighting.py and fast.py import theirs from here);
+so the names live here. Tuples are the registries' own (core/weighting.py and models/fast.py import theirs from here);
 for registries that map a name to an object (schedules.SCHEDULES, models.random_weights.ARCHITECTURES),
 tests/test_cli.py checks that these names are exactly the registry's keys.
 """
@@ -13,10 +13,10 @@ from .data.registry import published_schedule_names
 #: schedules.SCHEDULES: the default, the published per-dataset ones (the dataset registry's), dit and racing
 SCHEDULES: tuple[str, ...] = tuple(sorted(("default", "dit", "racing", *published_schedule_names())))
 
-#: weighting.py: the named timestep weightings (a fitted weights JSON is the other kind)
+#: core/weighting.py: the named timestep weightings (a fitted weights JSON is the other kind)
 WEIGHTINGS: tuple[str, ...] = ("uniform", "exp")
 
-#: fast.py: torch.compile modes of the fast path
+#: models/fast.py: torch.compile modes of the fast path
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 #: models.random_weights.ARCHITECTURES: published denoisers that `bench --random-weights` builds

@@ -108,7 +108,7 @@ class DiffusionClassifier:
     ) -> DiffusionClassifier:
         """Load a model by hub id, local folder or builtin name (see models.load_adapter).
 
-        fast: the fast inference path (fast.py: fp16, compiled, static shapes, fp32 redo of overflows);
+        fast: the fast inference path (models/fast.py: fp16, compiled, static shapes, fp32 redo of overflows);
         None turns it on where it is safe (CUDA) and leaves it off elsewhere.
         """
         from .models import load_adapter
@@ -208,7 +208,7 @@ class DiffusionClassifier:
         image_options: ImageOptions = DEFAULT_OPTIONS,
         callback: Callable[[RaceEvent], None] | None = None,
     ) -> Iterator[tuple[int, ClassificationResult | Exception]]:
-        """Classify many images: (position, result) for each, yielded as each image finishes (packer.py).
+        """Classify many images: (position, result) for each, yielded as each image finishes (core/packer.py).
 
         The rows of every image in flight are packed into model calls of batch_size rows; an image's errors
         are those of classifying it alone. images may be lazy (a generator): each is opened when its turn
@@ -217,7 +217,7 @@ class DiffusionClassifier:
         UserInputError (e.g. an unreadable file); the other images go on. Bad settings raise here, at once.
 
         image_options: how a file is opened (pixel cap, EXIF orientation; data/images.py load_image).
-        weights: timestep weighting of the mean error ('uniform', 'exp', a weights JSON file; weighting.py).
+        weights: timestep weighting of the mean error ('uniform', 'exp', a weights JSON file; core/weighting.py).
         temperature: divides the ELBO-scaled logits of the probabilities (default: the model's, else 1).
         shortlist: 'clip:MODEL' ranks the labels with CLIP first; only the top shortlist_k are classified.
         batch_size: rows (pairs) per model call; None lets the model choose (the fast path fills the card), else 32.
@@ -319,7 +319,7 @@ def summarize(
     Classes are keyed by class index (two may share a name). The order is the ledger's ranking: the
     schedule's survivors first, as torch.topk chose them. Each class's probability is
     softmax(-logit_scale * gap) over the classes' best candidates, where gap is the paired mean error
-    difference to the winner on their shared trials (calibration.py: logit_scale = T d / 2 / temperature);
+    difference to the winner on their shared trials (core/calibration.py: logit_scale = T d / 2 / temperature);
     the winner's gap is 0.
     """
     means = ledger.mean_errors().tolist()

@@ -22,13 +22,13 @@ from .rules import PROG, Tally, error, one_line
 COMMANDS = [
     "classify",  # images among candidate labels (pipeline.py)
     "demo",  # the bundled MNIST model on its held-out digits
-    "eval",  # a dataset into a resumable run directory (runs.py)
-    "report",  # tables and figures of run directories (report.py, figures.py)
-    "calibrate",  # timestep weights and temperature from labelled images (fitting.py)
-    "winoground",  # compositional image-text matching (winoground.py)
-    "match",  # the score matrix of images x captions (matching.py)
-    "bench",  # throughput: reference setting vs fast path (throughput.py, fast.py)
-    "train",  # the class-conditional MNIST model (training.py)
+    "eval",  # a dataset into a resumable run directory (runs/evaluation.py)
+    "report",  # tables and figures of run directories (reporting/report.py, reporting/figures.py)
+    "calibrate",  # timestep weights and temperature from labelled images (reporting/fitting.py)
+    "winoground",  # compositional image-text matching (matching/winoground.py)
+    "match",  # the score matrix of images x captions (matching/scores.py)
+    "bench",  # throughput: reference setting vs fast path (bench/throughput.py, models/fast.py)
+    "train",  # the class-conditional MNIST model (training/train.py)
     "models",  # the supported model families and aliases (models/)
     "serve",  # the web page (web/)
 ]

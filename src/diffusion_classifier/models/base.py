@@ -22,7 +22,7 @@ class DiffusionAdapter(ABC):
     """What the estimator needs from a conditional diffusion model.
 
     Notation: x0 is the clean (latent) sample, t in {0, ..., T-1} a timestep index, and the model's
-    forward_process (forward_process.py) forms x_t from (x0, eps, t) and says what the error compares:
+    forward_process (core/forward_process.py) forms x_t from (x0, eps, t) and says what the error compares:
     loss(forward_process.target(x0, eps), predict_noise(x_t, t, c)). For a DDPM model trained with the eps
     objective, x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps and predict_noise returns
     eps_theta(x_t, t, c). Every family quirk (VAE scaling, text encoding, learned sigma, class ids,

@@ -242,7 +242,7 @@ def use_original_dit(transformer) -> None:
 class DiTModel(DiffusionAdapter):
     """x0 = VAE posterior mean x scaling_factor of the ADM-cropped image; eps = the first C output channels.
 
-    The default schedule is the published DiT protocol (schedules.py "dit"). Loaded in float32 (the default),
+    The default schedule is the published DiT protocol (core/schedules.py "dit"). Loaded in float32 (the default),
     the fast path keeps float32 without TF32 matmuls, as the official DiT script runs; --dtype float16 for speed.
     """
 

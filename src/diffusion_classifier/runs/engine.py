@@ -945,7 +945,7 @@ def classify_stream(
 ) -> Iterator[dict[str, Any]]:
     """The record of each dataset image in indices, yielded as each image finishes (the order may differ).
 
-    The images fly together: their rows share full model calls (packer.py), each decoded when its turn
+    The images fly together: their rows share full model calls (core/packer.py), each decoded when its turn
     comes, with the errors of classifying it alone. An image that fails to decode or encode gets a failed
     record; the others go on.
     """

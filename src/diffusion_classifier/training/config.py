@@ -1,4 +1,4 @@
-"""The training run's settings (TrainConfig), apart from training.py so that `train --help` shows the defaults
+"""The training run's settings (TrainConfig), apart from train.py so that `train --help` shows the defaults
 without importing torch."""
 
 from __future__ import annotations
