@@ -59,15 +59,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def package_version() -> str:
-    """The installed distribution's version; the source tree's when it is not installed."""
-    from importlib import metadata
+    """The package's version (pyproject.toml reads it from diffusion_classifier.__version__ too)."""
+    from .. import __version__
 
-    try:
-        return metadata.version("diffusion-classifier")
-    except metadata.PackageNotFoundError:
-        from .. import __version__
-
-        return __version__
+    return __version__
 
 
 def add_common_flags(p: argparse.ArgumentParser, default=False) -> None:
